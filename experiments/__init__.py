@@ -1,0 +1,1 @@
+"""One module per study: `get_config(arg) -> ConfigDict` and `run(config, workdir)`."""

@@ -1,0 +1,1 @@
+"""Entry points: absl launchers and shell scripts."""

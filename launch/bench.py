@@ -1,0 +1,167 @@
+r"""Foundation benchmarks: `python -m launch.bench [--only=sweep,resnet,flops,conv] [--quick]`.
+
+  (a) sweep:  N seeds of the small CNN as one vmapped program (`lib.sweep`) vs the same seeds
+              trained one after another, N = 1, 4, 16, 64 (steps*seeds/s and their ratio).
+  (b) resnet: ResNet-18 (CIFAR stem) training steps/s, this codebase (JAX) vs the same
+              network in plain PyTorch, timed alternately in one run.
+  (c) flops:  achieved FLOP/s of those steps (XLA cost analysis / step time) as a fraction
+              of a matmul peak measured in the same run.
+  (d) conv:   one convolution's forward, input gradient and kernel gradient at the top
+              level, under vmap over seeds, inside lax.scan and lax.map (where (a) loses
+              its time), with a candidate fix for the kernel gradient.
+
+Every timing excludes compilation (reported separately), blocks until results are ready
+(each step's metrics are read back to the host, as the training loop does), and is the
+median of several interleaved repeats after warm-up. Everything is float32; on GPU, JAX
+runs with `jax_default_matmul_precision='highest'` and PyTorch with TF32 off.
+
+Tables are printed; the results (with configuration and environment) go to `--out`
+(default workdirs/bench/bench.json) and a markdown snippet for the README beside it
+(bench.md). `--quick` is a smoke run (smaller configurations, < 1 min on 2 CPU cores).
+The same command runs on GPU; several devices shard the seed axis (N must be a multiple
+of the device count; other N are skipped).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from absl import app, flags
+
+_ONLY = flags.DEFINE_list('only', ['sweep', 'resnet', 'flops', 'conv'], 'Benchmarks to run.')
+_QUICK = flags.DEFINE_bool('quick', False, 'Smoke run: small configurations, few repeats.')
+_OUT = flags.DEFINE_string('out', 'workdirs/bench/bench.json', 'JSON results path (bench.md beside it).')
+_DATA = flags.DEFINE_enum('data', 'synthetic', ['synthetic', 'shapes'],
+                          'Sweep batches: uniform synthetic or lib.data shapes at 32x32.')
+_SEEDS = flags.DEFINE_list('seeds', None, 'Sweep sizes N (default 1,4,16,64; quick 2).')
+_RESNET_BATCH = flags.DEFINE_integer('resnet_batch', 32, 'ResNet batch size.')
+_REPEATS = flags.DEFINE_integer('repeats', None, 'Timed repeats (default per benchmark).')
+_TORCH_COMPILE = flags.DEFINE_bool('torch_compile', False, 'Also time torch.compile (slow to compile on CPU).')
+_PRECISION = flags.DEFINE_string('matmul_precision', 'highest', 'jax_default_matmul_precision.')
+
+BENCHMARKS = ('sweep', 'resnet', 'flops', 'conv')
+
+
+def _settings(quick: bool) -> dict:
+  if quick:
+    return {
+        'sweep': dict(num_seeds=(2,), sweep_steps={2: 1}, seq_seeds=1, seq_steps=2,
+                      dispatch_steps=1, repeats=2, big_batch=False),
+        'resnet': dict(batch_size=8, widths=(16, 32, 64, 128), blocks=(1, 1, 1, 1), warmup=1,
+                       repeats=2, channels_last=False),
+        'flops': dict(peak_n=1024, peak_repeats=3, repeats=2, resnet_batch=8,
+                      resnet_arch={'widths': (16, 32, 64, 128), 'blocks': (1, 1, 1, 1)}),
+        'conv': dict(seeds=2, loop=2, warmup=0, repeats=1, train_step=False),
+    }
+  return {
+      'sweep': dict(num_seeds=(1, 4, 16, 64), sweep_steps={1: 10, 4: 4, 16: 2, 64: 1}, seq_seeds=4,
+                    seq_steps=3, dispatch_steps=5, repeats=3, big_batch=True, budget_s=120.0),
+      'resnet': dict(batch_size=32, warmup=1, repeats=3, channels_last=True),
+      'flops': dict(peak_n=4096, peak_repeats=3, repeats=3, resnet_batch=32),
+      'conv': dict(seeds=4, loop=2, warmup=1, repeats=2, train_step=True),
+  }
+
+
+def _log(msg: str) -> None:
+  print(msg, file=sys.stderr, flush=True)
+
+
+def main(argv):
+  del argv
+  unknown = set(_ONLY.value) - set(BENCHMARKS)
+  if unknown:
+    raise app.UsageError(f'--only takes {",".join(BENCHMARKS)}; got {sorted(unknown)}.')
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_default_matmul_precision', _PRECISION.value)
+  from launch import bench_common as common  # pylint: disable=g-import-not-at-top
+  from launch import bench_conv, bench_flops, bench_resnet, bench_sweep  # pylint: disable=g-import-not-at-top
+
+  settings = _settings(_QUICK.value)
+  if _SEEDS.value:
+    settings['sweep']['num_seeds'] = tuple(int(n) for n in _SEEDS.value)
+    settings['sweep']['sweep_steps'] = {n: settings['sweep']['sweep_steps'].get(n, 1)
+                                        for n in settings['sweep']['num_seeds']}
+  if _REPEATS.value:
+    for name in BENCHMARKS:
+      settings[name]['repeats'] = _REPEATS.value
+  if not _QUICK.value:
+    settings['resnet']['batch_size'] = settings['flops']['resnet_batch'] = _RESNET_BATCH.value
+  settings['resnet']['torch_compile'] = _TORCH_COMPILE.value
+
+  env = common.environment()
+  _log(f'[bench] {env["backend"]}: {env["device_count"]} device(s) {env["device_kind"]}, '
+       f'{env["cpu_count"]} CPU cores, load average {env["load_average_at_start"]}')
+  start = time.perf_counter()
+  results: dict = {}
+  titles = {'sweep': '(a) Seed sweep vs sequential seeds (small CNN)',
+            'resnet': '(b) ResNet-18 training step: JAX vs PyTorch',
+            'flops': '(c) Achieved FLOP/s vs measured matmul peak',
+            'conv': '(d) One convolution at top level, under vmap, in loops'}
+  for name in BENCHMARKS:
+    if name not in _ONLY.value:
+      continue
+    t0 = time.perf_counter()
+    if name == 'sweep':
+      results[name] = bench_sweep.run(data=_DATA.value, log=_log, **settings['sweep'])
+    elif name == 'resnet':
+      results[name] = bench_resnet.run(log=_log, **settings['resnet'])
+    elif name == 'flops':
+      results[name] = bench_flops.run(previous=results, log=_log, **settings['flops'])
+    else:
+      results[name] = bench_conv.run(log=_log, **settings['conv'])
+    results[name]['wall_s'] = time.perf_counter() - t0
+    print(f'\n## {titles[name]}\n\n{results[name]["table"]}\n')
+    for note in results[name]['notes']:
+      print(f'- {note}')
+    print(flush=True)
+
+  env['load_average_at_end'] = common.load_average()
+  env['total_wall_s'] = time.perf_counter() - start
+  env['quick'] = _QUICK.value
+  env['command'] = ' '.join(['python -m launch.bench'] + sys.argv[1:])
+  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+  with open(_OUT.value, 'w') as f:
+    json.dump({'environment': env, 'settings': _jsonable(settings), 'results': results}, f,
+              indent=1, default=str)
+  md_path = os.path.splitext(_OUT.value)[0] + '.md'
+  with open(md_path, 'w') as f:
+    f.write(_markdown(env, results, titles))
+  if _busy(env):
+    print('[bench] warning: the load average exceeded the core count; absolute rates are '
+          'depressed, ratios (interleaved repeats) remain comparable.')
+  print(f'[bench] {env["total_wall_s"]:.0f} s; load average {env["load_average_at_start"]} -> '
+        f'{env["load_average_at_end"]}; wrote {_OUT.value} and {md_path}')
+
+
+def _busy(env: dict) -> bool:
+  load = env.get('load_average_at_start') or [0.0]
+  return env['backend'] == 'cpu' and load[0] > (env['cpu_count'] or 1)
+
+
+def _jsonable(obj):
+  if isinstance(obj, dict):
+    return {str(k): _jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_jsonable(v) for v in obj]
+  return obj
+
+
+def _markdown(env: dict, results: dict, titles: dict) -> str:
+  head = (f'Benchmarks (`{env["command"]}`, {env["date"]}): jax {env["jax"]} on '
+          f'{env["device_count"]} {env["backend"]} device(s) ({env["device_kind"]}), '
+          f'{env["cpu_count"]} CPU cores, float32. Load average {env["load_average_at_start"]} '
+          f'at start, {env["load_average_at_end"]} at end.\n')
+  if _busy(env):
+    head += ('\n**The machine was shared** (load average above the core count): absolute rates '
+             'are low; ratios come from interleaved repeats and stay comparable.\n')
+  parts = [head]
+  for name, res in results.items():
+    parts.append(f'### {titles[name]}\n\n{res["table"]}\n\n' + '\n'.join(f'- {n}' for n in res['notes']) + '\n')
+  return '\n'.join(parts)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,48 @@
+"""A small convolutional classifier: the workhorse of the `runlocal` configs.
+
+Layout for a 32x32 input and widths (32, 64, 128):
+  conv1 3x3 -> ReLU -> [tap 'conv1' 32x32x32] -> maxpool 2
+  conv2 3x3 -> ReLU -> [tap 'conv2' 16x16x64] -> maxpool 2
+  conv3 3x3 -> ReLU -> [tap 'conv3'  8x8x128] -> global average pool
+  -> [tap 'features' 128] -> dense -> logits
+Every conv is followed by batch norm when `batch_norm=True`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lib.models.core import Context
+from lib.models.layers import Conv, ConvBN, Dense
+
+Array = jax.Array
+
+
+def max_pool(x: Array, window: int = 2) -> Array:
+  """Non-overlapping max pooling over H and W of an NHWC array."""
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1),
+                               (1, window, window, 1), 'VALID')
+
+
+class SmallCNN(nnx.Module):
+  """Conv stages with ReLU and 2x2 max pooling between them, global average pool, dense head."""
+
+  def __init__(self, *, num_classes: int, in_channels: int, widths: Sequence[int] = (32, 64, 128),
+               batch_norm: bool = False, rngs: nnx.Rngs):
+    layer = ConvBN if batch_norm else Conv
+    chans = (in_channels, *widths)
+    self.convs = nnx.List([layer(chans[i], chans[i + 1], 3, name=f'conv{i + 1}', rngs=rngs)
+                           for i in range(len(widths))])
+    self.head = Dense(widths[-1], num_classes, name='head', rngs=rngs)
+
+  def __call__(self, x: Array, ctx: Context) -> Array:
+    for i, conv in enumerate(self.convs):
+      x = ctx.tap(conv.name, jax.nn.relu(conv(x, ctx)))
+      if i < len(self.convs) - 1:
+        x = max_pool(x)
+    x = ctx.tap('features', x.mean(axis=(1, 2)))
+    return self.head(x, ctx)

@@ -1,0 +1,1 @@
+"""Output of runs: metric logs (JSON lines + TensorBoard), tables and figures."""

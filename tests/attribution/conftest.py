@@ -1,0 +1,167 @@
+"""Shared fixtures for the attribution tests: a PyTorch CNN mirrored into our SmallCNN.
+
+`mirror` is a session-wide `Mirror`: a small PyTorch network (float64, evaluation mode) with
+the SmallCNN layout, its weights copied into `lib.models.get_model('cnn', ...)`, a batch of
+images and targets, and the conversions a Captum reference needs. Captum (PyTorch) is a
+test dependency only.
+
+    def test_something(mirror, rel_err):
+      ours = saliency(mirror.model.apply, mirror.variables, mirror.x, mirror.target)
+      ref = Saliency(mirror.torch_forward('logit')).attribute(
+          mirror.to_torch(mirror.x), target=mirror.torch_target, abs=False)
+      assert rel_err(ours, mirror.from_torch(ref)) < 1e-4
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lib import models
+
+INPUT_SHAPE = (16, 16, 3)
+NUM_CLASSES = 5
+WIDTHS = (6, 8, 10)
+BATCH = 3
+
+
+class TorchCNN(nn.Module):
+  """The SmallCNN layout in PyTorch: (conv 3x3 'same' -> ReLU [-> maxpool 2]) x3 -> GAP -> fc.
+
+  `relu{i}` outputs are the features our model exposes as tap `conv{i}`.
+  """
+
+  def __init__(self, in_channels: int, widths: tuple[int, ...], num_classes: int):
+    super().__init__()
+    chans = (in_channels, *widths)
+    for i in range(len(widths)):
+      self.add_module(f'conv{i + 1}', nn.Conv2d(chans[i], chans[i + 1], 3, padding=1))
+      self.add_module(f'relu{i + 1}', nn.ReLU())
+    self.n_convs = len(widths)
+    self.fc = nn.Linear(widths[-1], num_classes)
+    # He-normal weights and small random biases: logits that vary clearly with the input
+    # (PyTorch's default init gives nearly input-independent logits through the pooling).
+    for module in self.modules():
+      if isinstance(module, (nn.Conv2d, nn.Linear)):
+        nn.init.kaiming_normal_(module.weight, nonlinearity='relu')
+        nn.init.normal_(module.bias, std=0.1)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    for i in range(1, self.n_convs + 1):
+      x = getattr(self, f'relu{i}')(getattr(self, f'conv{i}')(x))
+      if i < self.n_convs:
+        x = nn.functional.max_pool2d(x, 2)
+    return self.fc(x.mean(dim=(2, 3)))
+
+
+class ScoreHead(nn.Module):
+  """Wraps a classifier so its per-class output is one of `lib.attribution.scores.SCORES`.
+
+  Captum explains the forward output at `target`, so this turns a score kind into a model.
+  """
+
+  def __init__(self, net: nn.Module, kind: str):
+    super().__init__()
+    self.net, self.kind = net, kind
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    z = self.net(x)
+    if self.kind == 'logit':
+      return z
+    if self.kind == 'probability':
+      return torch.softmax(z, dim=-1)
+    if self.kind == 'log_probability':
+      return torch.log_softmax(z, dim=-1)
+    if self.kind == 'logit_difference':
+      return z - (z.sum(dim=-1, keepdim=True) - z) / (z.shape[-1] - 1)
+    raise ValueError(f'unknown score kind {self.kind!r}')
+
+
+def copy_weights(net: TorchCNN, model: models.PureModel) -> models.Variables:
+  """`model`'s variables holding `net`'s weights (OIHW -> HWIO, [out, in] -> [in, out])."""
+  as_np = lambda t: np.asarray(t.detach().cpu().numpy(), np.float32)
+  convs = {i: {'kernel': as_np(getattr(net, f'conv{i + 1}').weight.permute(2, 3, 1, 0)),
+               'bias': as_np(getattr(net, f'conv{i + 1}').bias)} for i in range(net.n_convs)}
+  head = {'kernel': as_np(net.fc.weight.T), 'bias': as_np(net.fc.bias)}
+  variables = {'params': {'convs': convs, 'head': head}, 'batch_stats': {}}
+  expected = jax.eval_shape(model.init, jax.random.key(0))
+  assert jax.tree.map(np.shape, variables) == jax.tree.map(lambda a: a.shape, expected)
+  return variables
+
+
+@dataclasses.dataclass(frozen=True)
+class Mirror:
+  """One network in both frameworks, with inputs to explain.
+
+  Attributes:
+    net: the PyTorch network, float64, evaluation mode.
+    model: our `PureModel` with the same layout.
+    variables: `net`'s weights in our layout (float32).
+    x: [B, H, W, C] float32 images in [0, 1].
+    target: [B] int classes (all different, not all the predicted ones).
+  """
+  net: TorchCNN
+  model: models.PureModel
+  variables: models.Variables
+  x: np.ndarray
+  target: np.ndarray
+
+  @property
+  def torch_target(self) -> list[int]:
+    return [int(t) for t in self.target]
+
+  def torch_forward(self, score: str = 'logit') -> nn.Module:
+    """`net` whose outputs are scores of kind `score` (what Captum should explain)."""
+    return ScoreHead(self.net, score)
+
+  def torch_layer(self, tap: str) -> nn.Module:
+    """The PyTorch module whose output is our tap `tap` ('conv1'...'conv3')."""
+    return getattr(self.net, 'relu' + tap.removeprefix('conv'))
+
+  @staticmethod
+  def to_torch(a) -> torch.Tensor:
+    """NHWC array -> NCHW float64 tensor."""
+    return torch.from_numpy(np.asarray(a, np.float64)).permute(0, 3, 1, 2).contiguous()
+
+  @staticmethod
+  def from_torch(t: torch.Tensor) -> np.ndarray:
+    """NCHW tensor -> NHWC numpy array (2-D and 3-D tensors are returned as they are)."""
+    a = t.detach().cpu().numpy()
+    return a.transpose(0, 2, 3, 1) if a.ndim == 4 else a
+
+
+@pytest.fixture(scope='session')
+def mirror() -> Mirror:
+  torch.manual_seed(0)
+  net = TorchCNN(INPUT_SHAPE[-1], WIDTHS, NUM_CLASSES).double().eval()
+  model = models.get_model('cnn', input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES,
+                           widths=WIDTHS, batch_norm=False)
+  variables = copy_weights(net, model)
+  return Mirror(net, model, variables, images(0), np.array([1, 4, 2]))
+
+
+def images(seed: int, batch: int = BATCH) -> np.ndarray:
+  """[batch, *INPUT_SHAPE] float32 pixels in [0, 1]: 4x4 blocks of colour plus fine noise."""
+  rng = np.random.default_rng(seed)
+  h, w, c = INPUT_SHAPE
+  blocks = np.repeat(np.repeat(rng.uniform(size=(batch, 4, 4, c)), h // 4, 1), w // 4, 2)
+  return (0.7 * blocks + 0.3 * rng.uniform(size=(batch, h, w, c))).astype(np.float32)
+
+
+def relative_error(actual, expected) -> float:
+  """||actual - expected||_2 / ||expected||_2 over all elements (float64)."""
+  actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+  assert actual.shape == expected.shape, (actual.shape, expected.shape)
+  return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
+
+
+@pytest.fixture
+def rel_err() -> Callable[..., float]:
+  """`relative_error(actual, expected)`: the tolerance measure of the parity tests."""
+  return relative_error
