@@ -64,7 +64,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.smoothgrad_stdev = 0.1
   c.occlusion_window = 4
   if 'runlocal' in variants:
-    c.num_steps, c.batch_size, c.num_train, c.checkpoint_every = 400, 64, 4000, 100
+    c.num_steps, c.batch_size, c.num_train, c.checkpoint_every = 300, 32, 4000, 100
     c.num_eval, c.num_audit, c.ig_steps, c.smoothgrad_samples = 64, 32, 16, 8
   return c
 

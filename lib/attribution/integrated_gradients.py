@@ -4,7 +4,10 @@ IG_i(x) = (x_i - x'_i) · ∫_0^1 ∂S_t(x' + α(x - x'))/∂x_i dα            
 
 approximated by a quadrature Σ_s w_s ∂S_t(x' + α_s(x - x'))/∂x with Captum's nodes α_s and
 weights w_s (`captum.attr._utils.approximation_methods`), so results match Captum's
-`IntegratedGradients` to float rounding. Completeness (Prop. 1): Σ_i IG_i(x) = S_t(x) - S_t(x');
+`IntegratedGradients` to float rounding. Note Captum's 'riemann_trapezoid' weights: nodes
+linspace(0, 1, n) but weights 1/n (halved at both ends), which sum to (n - 1)/n, so its
+attributions are scaled by about (n - 1)/n and its delta is about -(S_t(x) - S_t(x'))/n;
+'gausslegendre' converges much faster. Completeness (Prop. 1): Σ_i IG_i(x) = S_t(x) - S_t(x');
 `return_delta=True` reports the quadrature's miss, Σ_i IG_i - (S_t(x) - S_t(x')).
 
 All path points of a chunk are vmapped, which folds them into the model's batch dimension
@@ -113,7 +116,9 @@ def integrated_gradients(apply: scores_lib.Apply, params: Any, x: Array, target:
       'riemann_middle', 'gausslegendre').
     internal_batch_size: at most this many model rows per forward pass (Captum's meaning):
       path steps are processed max(1, internal_batch_size // B) at a time under `lax.scan`.
-      None processes all n_steps · B rows in one batch (fastest while memory allows).
+      None processes all n_steps · B rows in one batch: the fastest path while memory
+      allows (on XLA:CPU, jax 0.10, backward convolutions inside a loop ran about 2x
+      slower than the same work unlooped).
     return_delta: also return the completeness gap per example.
 
   Returns:

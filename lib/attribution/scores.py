@@ -22,6 +22,11 @@ The model is a function `apply(params, x, **kwargs)` returning logits [B, K] or 
 with `.logits` (and `.taps`, e.g. `lib.models.Outputs`). Examples must be independent
 (evaluation mode): the gradient of the batch's summed score is then each example's own
 gradient.
+
+Every method checks its arguments eagerly, then runs one jitted program with `apply` and
+the options static, so pass the same `apply` object on every call (`model.apply`, a
+module-level function): a new lambda per call compiles anew. Under an outer `jax.jit` or
+`jax.vmap` the methods trace inline; value checks are skipped for traced arguments.
 """
 
 from __future__ import annotations

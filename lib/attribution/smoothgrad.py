@@ -75,8 +75,9 @@ def smoothgrad(method_fn: Callable[..., Array], apply: scores_lib.Apply, params:
     stdev: σ, absolute, in the units of `x`.
     nt_type: one of `NT_TYPES`: 'smoothgrad' (mean), 'smoothgrad_sq' (mean of squares),
       'vargrad' (variance).
-    sample_batch_size: noisy copies per vmapped call (bounds memory, e.g. for SmoothGrad
-      over IG); None runs all n_samples at once.
+    sample_batch_size: noisy copies per vmapped call, the calls looped under `lax.scan`
+      (bounds memory, e.g. for SmoothGrad over IG, at some speed on XLA:CPU); None runs
+      all n_samples at once, the fastest path.
     **method_kwargs: passed to `method_fn` (e.g. `n_steps=`, `tap=`); arrays among them
       (a baseline) are traced, everything else must be hashable.
 

@@ -55,8 +55,7 @@ def test_integrated_gradients_matches_noise_tunnel(mirror, rel_err):
   baseline = np.full(mirror.x.shape, 0.25, np.float32)
   ours = smoothgrad(integrated_gradients, mirror.model.apply, mirror.variables, mirror.x,
                     mirror.target, noise=_captum_noise(mirror, n, stdev), n_samples=n,
-                    baseline=baseline, n_steps=steps, method='gausslegendre',
-                    sample_batch_size=3)
+                    baseline=baseline, n_steps=steps, method='gausslegendre')
   ref = _noise_tunnel(IntegratedGradients(mirror.torch_forward('logit')), mirror, n, stdev,
                       'smoothgrad', baselines=mirror.to_torch(baseline), n_steps=steps,
                       method='gausslegendre')
