@@ -7,11 +7,11 @@ import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from lib import data as data_lib
 from lib import models, sweep, train
+from tests.checkpoints import final_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -82,11 +82,6 @@ def _sweep_cmd(workdir, *extra):
           '--config.warmup_steps=2', *extra]
 
 
-def _final(workdir):
-  path = os.path.join(workdir, 'checkpoints', '8', 'default')
-  return jax.tree.leaves(ocp.StandardCheckpointer().restore(path))
-
-
 def test_two_processes_on_localhost_equal_one_process(tmp_path):
   """jax.distributed over gloo: each process feeds only its own seed's data."""
   port = _free_port()
@@ -104,5 +99,7 @@ def test_two_processes_on_localhost_equal_one_process(tmp_path):
   out = subprocess.run(_sweep_cmd(single), cwd=ROOT, env=env2, capture_output=True, text=True,
                        timeout=600)
   assert out.returncode == 0, out.stderr
-  for a, b in zip(_final(multi), _final(single)):
+  (step_a, multi_leaves), (step_b, single_leaves) = final_checkpoint(multi), final_checkpoint(single)
+  assert step_a == step_b == 8
+  for a, b in zip(multi_leaves, single_leaves):
     np.testing.assert_array_equal(a, b)

@@ -9,12 +9,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from lib import data as data_lib
 from lib import models, train
 from lib.report.writer import read_metrics
+from tests.checkpoints import final_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,13 +33,6 @@ def _launch(workdir, *overrides):
 def _log(workdir):
   with open(f'{workdir}.log') as f:
     return f.read()[-5000:]
-
-
-def _final_checkpoint(workdir):
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
-  step = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
-  tree = ocp.StandardCheckpointer().restore(os.path.join(ckpt_dir, str(step), 'default'))
-  return step, jax.tree.leaves(tree)
 
 
 def test_sigkill_then_relaunch_equals_uninterrupted_run(tmp_path):
@@ -63,8 +56,8 @@ def test_sigkill_then_relaunch_equals_uninterrupted_run(tmp_path):
   proc = _launch(killed)
   assert proc.wait(timeout=600) == 0, _log(killed)
 
-  step_a, leaves_a = _final_checkpoint(straight)
-  step_b, leaves_b = _final_checkpoint(killed)
+  step_a, leaves_a = final_checkpoint(straight)
+  step_b, leaves_b = final_checkpoint(killed)
   assert step_a == step_b == 300
   assert len(leaves_a) == len(leaves_b)
   for a, b in zip(leaves_a, leaves_b):
