@@ -65,7 +65,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.occlusion_window = 4
   if 'runlocal' in variants:
     c.num_steps, c.batch_size, c.num_train, c.checkpoint_every = 300, 32, 4000, 100
-    c.num_eval, c.num_audit, c.ig_steps, c.smoothgrad_samples = 64, 32, 16, 8
+    c.num_eval, c.num_audit, c.ig_steps, c.smoothgrad_samples = 64, 16, 16, 8
+    c.strengths = '0.1,10,1000'  # each setting is one more audit program to compile
   return c
 
 
