@@ -122,7 +122,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> markdown.Section:
       f'{c.optimizer} with peak learning rate {c.learning_rate}, seed {c.seed}.',
       markdown.table(['metric', 'value'], [
           ['test accuracy', final['eval_accuracy']], ['test loss', final['eval_loss']],
-          ['final train loss', records[-1].get('loss', float('nan'))]]),
+          ['final train loss', [r for r in records if 'loss' in r][-1]['loss']]]),
       f'![training curves]({rel(curves)})',
       f'Test images, predicted (true) class; red = wrong:\n\n![samples]({rel(samples)})'])
   return markdown.Section('Classifier', body)

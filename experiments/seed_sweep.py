@@ -12,7 +12,6 @@ Launch:
 
 from __future__ import annotations
 
-import os
 
 import jax
 import ml_collections

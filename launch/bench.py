@@ -1,4 +1,4 @@
-r"""Foundation benchmarks: `python -m launch.bench [--only=sweep,resnet,flops,conv] [--quick]`.
+r"""Benchmarks: `python -m launch.bench [--only=sweep,resnet,flops,conv,attribution] [--quick]`.
 
   (a) sweep:  N seeds of the small CNN as one vmapped program (`lib.sweep`) vs the same seeds
               trained one after another, N = 1, 4, 16, 64 (steps*seeds/s and their ratio).
@@ -9,6 +9,8 @@ r"""Foundation benchmarks: `python -m launch.bench [--only=sweep,resnet,flops,co
   (d) conv:   one convolution's forward, input gradient and kernel gradient at the top
               level, under vmap over seeds, inside lax.scan and lax.map (where (a) loses
               its time), with a candidate fix for the kernel gradient.
+  (e) attribution: integrated gradients (50 steps), Grad-CAM, SmoothGrad (25 samples) and
+              saliency, `lib.attribution` vs Captum on the same CNN and batch (images/s).
 
 Every timing excludes compilation (reported separately), blocks until results are ready
 (each step's metrics are read back to the host, as the training loop does), and is the
@@ -31,7 +33,7 @@ import time
 
 from absl import app, flags
 
-_ONLY = flags.DEFINE_list('only', ['sweep', 'resnet', 'flops', 'conv'], 'Benchmarks to run.')
+_ONLY = flags.DEFINE_list('only', ['sweep', 'resnet', 'flops', 'conv', 'attribution'], 'Benchmarks to run.')
 _QUICK = flags.DEFINE_bool('quick', False, 'Smoke run: small configurations, few repeats.')
 _OUT = flags.DEFINE_string('out', 'workdirs/bench/bench.json', 'JSON results path (bench.md beside it).')
 _DATA = flags.DEFINE_enum('data', 'synthetic', ['synthetic', 'shapes'],
@@ -42,7 +44,7 @@ _REPEATS = flags.DEFINE_integer('repeats', None, 'Timed repeats (default per ben
 _TORCH_COMPILE = flags.DEFINE_bool('torch_compile', False, 'Also time torch.compile (slow to compile on CPU).')
 _PRECISION = flags.DEFINE_string('matmul_precision', 'highest', 'jax_default_matmul_precision.')
 
-BENCHMARKS = ('sweep', 'resnet', 'flops', 'conv')
+BENCHMARKS = ('sweep', 'resnet', 'flops', 'conv', 'attribution')
 
 
 def _settings(quick: bool) -> dict:
@@ -55,6 +57,8 @@ def _settings(quick: bool) -> dict:
         'flops': dict(peak_n=1024, peak_repeats=3, repeats=2, resnet_batch=8,
                       resnet_arch={'widths': (16, 32, 64, 128), 'blocks': (1, 1, 1, 1)}),
         'conv': dict(seeds=2, loop=2, warmup=0, repeats=1, train_step=False),
+        'attribution': dict(batch_size=4, image_size=16, widths=(8, 16, 32), ig_steps=8,
+                            sg_samples=4, warmup=1, repeats=2),
     }
   return {
       'sweep': dict(num_seeds=(1, 4, 16, 64), sweep_steps={1: 10, 4: 4, 16: 2, 64: 1}, seq_seeds=4,
@@ -62,6 +66,8 @@ def _settings(quick: bool) -> dict:
       'resnet': dict(batch_size=32, warmup=1, repeats=3, channels_last=True),
       'flops': dict(peak_n=4096, peak_repeats=3, repeats=3, resnet_batch=32),
       'conv': dict(seeds=4, loop=2, warmup=1, repeats=2, train_step=True),
+      'attribution': dict(batch_size=32, image_size=32, widths=(16, 32, 64), ig_steps=50,
+                          sg_samples=25, warmup=1, repeats=5),
   }
 
 
@@ -77,7 +83,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_default_matmul_precision', _PRECISION.value)
   from launch import bench_common as common  # pylint: disable=g-import-not-at-top
-  from launch import bench_conv, bench_flops, bench_resnet, bench_sweep  # pylint: disable=g-import-not-at-top
+  from launch import bench_attribution, bench_conv, bench_flops, bench_resnet, bench_sweep  # pylint: disable=g-import-not-at-top
 
   settings = _settings(_QUICK.value)
   if _SEEDS.value:
@@ -99,7 +105,8 @@ def main(argv):
   titles = {'sweep': '(a) Seed sweep vs sequential seeds (small CNN)',
             'resnet': '(b) ResNet-18 training step: JAX vs PyTorch',
             'flops': '(c) Achieved FLOP/s vs measured matmul peak',
-            'conv': '(d) One convolution at top level, under vmap, in loops'}
+            'conv': '(d) One convolution at top level, under vmap, in loops',
+            'attribution': '(e) Attribution methods: lib.attribution vs Captum'}
   for name in BENCHMARKS:
     if name not in _ONLY.value:
       continue
@@ -110,8 +117,10 @@ def main(argv):
       results[name] = bench_resnet.run(log=_log, **settings['resnet'])
     elif name == 'flops':
       results[name] = bench_flops.run(previous=results, log=_log, **settings['flops'])
-    else:
+    elif name == 'conv':
       results[name] = bench_conv.run(log=_log, **settings['conv'])
+    else:
+      results[name] = bench_attribution.run(log=_log, **settings['attribution'])
     results[name]['wall_s'] = time.perf_counter() - t0
     print(f'\n## {titles[name]}\n\n{results[name]["table"]}\n')
     for note in results[name]['notes']:

@@ -1,5 +1,10 @@
-"""Plain-PyTorch ResNet (CIFAR stem) and its SGD training step: the reference for `launch.bench`.
+"""Plain-PyTorch mirrors of our models, the references for `launch.bench` and the parity tests.
 
+`SmallCNN` mirrors `lib.models.cnn.SmallCNN` (without batch norm), with `copy_small_cnn` to
+copy its weights into ours; `ResNet` and its SGD training step `make_step` mirror
+`lib.models.resnet.ResNet`.
+
+ResNet:
 The architecture mirrors `lib.models.resnet.ResNet` layer for layer: a 3x3 stride-1 stem
 conv (no bias) -> BN -> ReLU, no max pool; stages of `BasicBlock`s (two 3x3 conv-BN, ReLU
 after the residual sum, a 1x1 conv-BN projection shortcut where the shape changes); global
@@ -12,10 +17,57 @@ PyTorch is a benchmark/test dependency only; nothing in `lib` imports this file.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import jax
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+
+class SmallCNN(nn.Module):
+  """The SmallCNN layout in PyTorch: (conv 3x3 'same' -> ReLU [-> maxpool 2]) x3 -> GAP -> fc.
+
+  `relu{i}` outputs are the features our model exposes as tap `conv{i}`.
+  """
+
+  def __init__(self, in_channels: int, widths: tuple[int, ...], num_classes: int):
+    super().__init__()
+    chans = (in_channels, *widths)
+    for i in range(len(widths)):
+      self.add_module(f'conv{i + 1}', nn.Conv2d(chans[i], chans[i + 1], 3, padding=1))
+      self.add_module(f'relu{i + 1}', nn.ReLU())
+    self.n_convs = len(widths)
+    self.fc = nn.Linear(widths[-1], num_classes)
+    # He-normal weights and small random biases: logits that vary clearly with the input
+    # (PyTorch's default init gives nearly input-independent logits through the pooling).
+    for module in self.modules():
+      if isinstance(module, (nn.Conv2d, nn.Linear)):
+        nn.init.kaiming_normal_(module.weight, nonlinearity='relu')
+        nn.init.normal_(module.bias, std=0.1)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    for i in range(1, self.n_convs + 1):
+      x = getattr(self, f'relu{i}')(getattr(self, f'conv{i}')(x))
+      if i < self.n_convs:
+        x = nn.functional.max_pool2d(x, 2)
+    return self.fc(x.mean(dim=(2, 3)))
+
+
+
+def copy_small_cnn(net: SmallCNN, model: Any) -> dict:
+  """`model` (a `lib.models` 'cnn' without batch norm)'s variables holding `net`'s weights (OIHW -> HWIO, [out, in] -> [in, out])."""
+  as_np = lambda t: np.asarray(t.detach().cpu().numpy(), np.float32)
+  convs = {i: {'kernel': as_np(getattr(net, f'conv{i + 1}').weight.permute(2, 3, 1, 0)),
+               'bias': as_np(getattr(net, f'conv{i + 1}').bias)} for i in range(net.n_convs)}
+  head = {'kernel': as_np(net.fc.weight.T), 'bias': as_np(net.fc.bias)}
+  variables = {'params': {'convs': convs, 'head': head}, 'batch_stats': {}}
+  expected = jax.tree.map(lambda a: a.shape, jax.eval_shape(model.init, jax.random.key(0)))
+  if jax.tree.map(np.shape, variables) != expected:
+    raise ValueError(f'model has variables of shapes {expected}; the PyTorch net has '
+                     f'{jax.tree.map(np.shape, variables)}.')
+  return variables
 
 
 def _conv_bn(cin: int, cout: int, k: int, stride: int) -> nn.Sequential:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging as std_logging
 import os
 import sys
 
@@ -29,7 +30,19 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processe
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Index of this process.')
 _CPU_COLLECTIVES = flags.DEFINE_string('cpu_collectives', None,
                                        "CPU collectives for multi-process CPU runs ('gloo').")
+_LIBRARY_LOGS = flags.DEFINE_bool('library_logs', False,
+                                   'Keep the INFO logs of jax and orbax (every checkpoint save '
+                                   'and restore); by default only their warnings are shown.')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+_CHATTY = (f'{os.sep}orbax{os.sep}', f'{os.sep}jax{os.sep}_src{os.sep}')
+
+
+class _LibraryInfoFilter(std_logging.Filter):
+  """Drops INFO records logged from inside jax and orbax; keeps warnings and our own logs."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or not any(p in record.pathname for p in _CHATTY)
 
 
 def _experiment_module(config_path: str):
@@ -46,6 +59,8 @@ def _experiment_module(config_path: str):
 
 def main(argv):
   del argv
+  if not _LIBRARY_LOGS.value:
+    logging.get_absl_handler().addFilter(_LibraryInfoFilter())
   import jax  # pylint: disable=g-import-not-at-top
   if _CPU_COLLECTIVES.value:
     jax.config.update('jax_cpu_collectives_implementation', _CPU_COLLECTIVES.value)

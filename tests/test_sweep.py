@@ -68,6 +68,23 @@ def test_bad_sweep_arguments(setup, tmp_path):
     sweep.fit_seeds(seeds=range(8), strategy='pmap', **kw)
 
 
+def test_map_seeds_vmap_and_sequential_equal_a_loop(setup):
+  ds, model, _ = setup
+  inits = [model.init(jax.random.key(i)) for i in range(3)]
+  stacked = jax.tree.map(lambda *v: np.stack(v), *inits)
+  x = ds.get(np.arange(5))['image']
+  fn = lambda v, x, scale: scale * model.apply(v, x).logits
+  expected = np.stack([np.asarray(fn(v, x, 2.0)) for v in inits])
+  for strategy in ('vmap', 'sequential', 'auto'):
+    out = sweep.map_seeds(fn, stacked, x, 2.0, strategy=strategy)
+    assert isinstance(out, np.ndarray) and out.shape == (3, 5, ds.num_classes)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match='leading seed axis'):
+    sweep.map_seeds(fn, (stacked, np.ones(4)), x, 2.0)
+  with pytest.raises(ValueError, match='strategy'):
+    sweep.map_seeds(fn, stacked, x, 2.0, strategy='pmap')
+
+
 def _free_port():
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))

@@ -10,7 +10,7 @@ Modules:
   gradients              saliency, gradient × input
   integrated_gradients   Riemann and Gauss-Legendre IG with completeness delta
   smoothgrad             SmoothGrad / SmoothGrad² / VarGrad over any method
-  gradcam                Grad-CAM, Grad-CAM++ at any named tap
+  gradcam                Grad-CAM, Grad-CAM++, HiResCAM at any named tap
   lrp                    LRP rules (ε, γ, z⁺, αβ, flat, w², z^B) and composites
   occlusion              sliding-window occlusion
   manipulate             Lerma & Lucas's softmax-invariant manipulation and steering constructions
@@ -21,9 +21,9 @@ Modules:
 
 from lib.attribution import (agreement, audit, gradcam, gradients, integrated_gradients, lrp,
                              manipulate, metrics, occlusion, scores, smoothgrad)
-from lib.attribution.gradcam import grad_cam, grad_cam_plus_plus
+from lib.attribution.gradcam import grad_cam, grad_cam_plus_plus, hires_cam
 from lib.attribution.gradients import gradient_x_input, saliency
 
 __all__ = ['agreement', 'audit', 'grad_cam', 'grad_cam_plus_plus', 'gradcam', 'gradient_x_input',
-           'gradients', 'integrated_gradients', 'lrp', 'manipulate', 'metrics', 'occlusion',
+           'gradients', 'hires_cam', 'integrated_gradients', 'lrp', 'manipulate', 'metrics', 'occlusion',
            'saliency', 'scores', 'smoothgrad']

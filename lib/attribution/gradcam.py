@@ -1,8 +1,8 @@
-"""Class activation maps from layer gradients: Grad-CAM and Grad-CAM++.
+"""Class activation maps from layer gradients: Grad-CAM, Grad-CAM++ and HiResCAM.
 
-Both read a spatial tap A [B, h, w, c] of the model and g = ∂S_t/∂A, the gradient of the
+Each reads a spatial tap A [B, h, w, c] of the model and g = ∂S_t/∂A, the gradient of the
 target score with respect to that tap (taken at a zero perturbation of the tap, so no
-hooks are needed), and return L = ReLU(Σ_k w_k A_k). They differ in the channel weights w:
+hooks are needed), and returns L = ReLU(Σ_k w_k ⊙ A_k). They differ in the weights w:
 
 * Grad-CAM (Selvaraju et al., ICCV 2017, Eq. 1-2): w_k = 1/(hw) Σ_ij g_ijk.
 * Grad-CAM++ (Chattopadhay et al., WACV 2018: their α for the exponential score
@@ -10,6 +10,12 @@ hooks are needed), and return L = ReLU(Σ_k w_k A_k). They differ in the channel
   and exp(S) cancels):
     α_ijk = g_ijk² / (2 g_ijk² + Σ_ab A_abk · g_ijk³),   w_k = Σ_ij α_ijk ReLU(g_ijk),
   with α = 0 where its denominator vanishes.
+* HiResCAM (Draelos & Carin 2020, "Use HiResCAM instead of Grad-CAM for faithful
+  explanations of convolutional neural networks", arXiv 2011.08891): w_ijk = g_ijk, no
+  pooling, so L = ReLU(Σ_k g_k ⊙ A_k). For a model that ends in global average pooling and
+  a linear head, this is exactly the score's decomposition over cells, and a term added to
+  every logit that reads one cell (Lerma & Lucas's t = K·Σ_k A[0,0,k]) puts its mass in
+  that cell, where pooled Grad-CAM spreads it over the whole map.
 
 Maps are upsampled to the input's H × W bilinearly with half-pixel centres (PyTorch's
 `F.interpolate(mode='bilinear', align_corners=False)`, Captum's
@@ -35,6 +41,12 @@ def grad_cam_weights(grad: Array, act: Array) -> Array:
   return grad.mean(axis=(1, 2))
 
 
+def hires_cam_weights(grad: Array, act: Array) -> Array:
+  """HiResCAM weights: the gradient itself, [B, h, w, c] per cell and channel."""
+  del act
+  return grad
+
+
 def grad_cam_plus_plus_weights(grad: Array, act: Array) -> Array:
   """Grad-CAM++ channel weights [B, c] from gradients and activations [B, h, w, c]."""
   g2 = grad * grad
@@ -51,7 +63,8 @@ def _class_activation_map(apply, params, x, target, *, score, tap, weights_fn, r
       lambda delta: apply(params, x, perturb={tap: delta}),
       jnp.zeros(tap_aval.shape, tap_aval.dtype), target, score)
   act = outputs.taps[tap]
-  cam = jnp.einsum('bhwc,bc->bhw', act, weights_fn(grad, act))
+  weights = weights_fn(grad, act)  # [B, c] per channel, or [B, h, w, c] per cell
+  cam = (act * (weights[:, None, None] if weights.ndim == 2 else weights)).sum(-1)
   if relu:
     cam = jax.nn.relu(cam)
   if upsample:
@@ -143,3 +156,19 @@ def grad_cam_plus_plus(apply: scores_lib.Apply, params: Any, x: Array, target: A
   del key
   return _cam_method(grad_cam_plus_plus_weights, apply, params, x, target, tap=tap,
                      score=score, relu=relu, upsample=upsample)
+
+
+def hires_cam(apply: scores_lib.Apply, params: Any, x: Array, target: Array, *, tap: str,
+              score: str = 'logit', key: Array | None = None, relu: bool = True,
+              upsample: bool = True) -> Array:
+  """HiResCAM: L = ReLU(Σ_k g_k ⊙ A_k), the un-pooled gradient times the activation.
+
+  Draelos & Carin 2020, arXiv 2011.08891, Eq. 3. The same arguments and shapes as
+  `grad_cam`.
+
+  Example:
+    >>> cams = hires_cam(model.apply, variables, x, labels, tap='conv3')
+  """
+  del key
+  return _cam_method(hires_cam_weights, apply, params, x, target, tap=tap, score=score,
+                     relu=relu, upsample=upsample)

@@ -192,11 +192,11 @@ class Manipulated:
   `apply` as static under jit: reuse one instance).
   """
 
-  def __init__(self, apply: scores_lib.Apply, *, construction: str, strength: float,
+  def __init__(self, apply: scores_lib.Apply, *, construction: str, strength: float | Array,
                mask: np.ndarray | None, tap: str | None, adaptive: bool):
     self.apply = apply
     self.construction = construction
-    self.strength = float(strength)
+    self.strength = strength
     self.mask = mask
     self.tap = tap
     self.adaptive = adaptive
@@ -309,7 +309,20 @@ def _check_mask(mask: Any) -> np.ndarray:
   return m.astype(np.float64)
 
 
-def manipulate(apply: scores_lib.Apply, *, construction: str, strength: float,
+def _check_strength(strength: Any) -> float | Array:
+  """A finite K > 0 as a float, or a scalar jax array (a traced one is not checked)."""
+  if isinstance(strength, jax.Array) and strength.shape == ():
+    if not isinstance(strength, jax.core.Tracer):
+      _check_strength(float(strength))
+    return strength
+  if isinstance(strength, bool) or not (np.isscalar(strength) and np.isfinite(strength)):
+    raise ValueError(f'strength must be a finite positive number or a scalar array; got '
+                     f'{strength!r}.')
+  validate.check_positive(strength, 'strength')
+  return float(strength)
+
+
+def manipulate(apply: scores_lib.Apply, *, construction: str, strength: float | Array,
                mask: Any = None, tap: str | None = None, adaptive: bool = False) -> Manipulated:
   """Wraps `apply` so that t(x) is added to every logit: same softmax, steered attributions.
 
@@ -325,6 +338,10 @@ def manipulate(apply: scores_lib.Apply, *, construction: str, strength: float,
       'channel' (an added channel at `tap` carrying `mask`, for Grad-CAM) or 'input'
       (t = K·⟨mask, x⟩, for the input-gradient family and LRP).
     strength: K > 0; with `adaptive`, the dominance margin λ > 0 (λ > 2 for the guarantee).
+      A scalar jax array works too, also a traced one: build the wrapper inside a traced
+      function to vmap over K or to compile once for many K, e.g.
+      `lambda pk, x, **kw: manipulate(apply, ..., strength=pk[1])(pk[0], x, **kw)` is one
+      model whose parameters are (params, K). A traced K is not checked.
     mask: [H, W] target region in {0, 1} (at least one pixel), for 'channel' and 'input'.
     tap: a spatial tap [B, h, w, c] of the model, for 'paper' and 'channel' (checked on the
       first call, when the model's taps are known).
@@ -350,9 +367,7 @@ def manipulate(apply: scores_lib.Apply, *, construction: str, strength: float,
   if not callable(apply):
     raise ValueError(f'apply must be a callable apply(params, x, ...); got {apply!r}.')
   validate.check_choice(construction, CONSTRUCTIONS, 'construction')
-  if isinstance(strength, bool) or not (np.isscalar(strength) and np.isfinite(strength)):
-    raise ValueError(f'strength must be a finite positive number; got {strength!r}.')
-  validate.check_positive(strength, 'strength')
+  strength = _check_strength(strength)
   if construction in _NEEDS_MASK:
     if mask is None:
       raise ValueError(f'construction {construction!r} needs mask, an [H, W] array in {{0, 1}}.')

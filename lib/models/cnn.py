@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from lib.models.core import Context
@@ -23,9 +22,20 @@ Array = jax.Array
 
 
 def max_pool(x: Array, window: int = 2) -> Array:
-  """Non-overlapping max pooling over H and W of an NHWC array."""
-  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1),
-                               (1, window, window, 1), 'VALID')
+  """Non-overlapping max pooling over H and W of an NHWC array [B, H, W, C] -> [B, H/w, W/w, C].
+
+  Trailing rows/columns that do not fill a window are dropped ('VALID'). Written as a reshape
+  and a max rather than `lax.reduce_window`: the gradient of a max is then an elementwise
+  mask (x == max) that XLA fuses, instead of `select_and_scatter`, which is 2-3x slower on
+  XLA:CPU and dominated the backward pass of attribution methods (`launch/bench.py
+  --only=attribution`). Exact ties inside a window share the gradient equally
+  (PyTorch/reduce_window pick one winner); after a ReLU the only common tie is at zero,
+  where the ReLU's own gradient is zero either way.
+  """
+  b, h, w, c = x.shape
+  h, w = h // window * window, w // window * window
+  x = x[:, :h, :w].reshape(b, h // window, window, w // window, window, c)
+  return x.max(axis=(2, 4))
 
 
 class SmallCNN(nnx.Module):

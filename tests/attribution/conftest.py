@@ -17,47 +17,19 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-import jax
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from launch.bench_torch import SmallCNN as TorchCNN
+from launch.bench_torch import copy_small_cnn as copy_weights
 from lib import models
 
 INPUT_SHAPE = (16, 16, 3)
 NUM_CLASSES = 5
 WIDTHS = (6, 8, 10)
 BATCH = 3
-
-
-class TorchCNN(nn.Module):
-  """The SmallCNN layout in PyTorch: (conv 3x3 'same' -> ReLU [-> maxpool 2]) x3 -> GAP -> fc.
-
-  `relu{i}` outputs are the features our model exposes as tap `conv{i}`.
-  """
-
-  def __init__(self, in_channels: int, widths: tuple[int, ...], num_classes: int):
-    super().__init__()
-    chans = (in_channels, *widths)
-    for i in range(len(widths)):
-      self.add_module(f'conv{i + 1}', nn.Conv2d(chans[i], chans[i + 1], 3, padding=1))
-      self.add_module(f'relu{i + 1}', nn.ReLU())
-    self.n_convs = len(widths)
-    self.fc = nn.Linear(widths[-1], num_classes)
-    # He-normal weights and small random biases: logits that vary clearly with the input
-    # (PyTorch's default init gives nearly input-independent logits through the pooling).
-    for module in self.modules():
-      if isinstance(module, (nn.Conv2d, nn.Linear)):
-        nn.init.kaiming_normal_(module.weight, nonlinearity='relu')
-        nn.init.normal_(module.bias, std=0.1)
-
-  def forward(self, x: torch.Tensor) -> torch.Tensor:
-    for i in range(1, self.n_convs + 1):
-      x = getattr(self, f'relu{i}')(getattr(self, f'conv{i}')(x))
-      if i < self.n_convs:
-        x = nn.functional.max_pool2d(x, 2)
-    return self.fc(x.mean(dim=(2, 3)))
 
 
 class ScoreHead(nn.Module):
@@ -81,18 +53,6 @@ class ScoreHead(nn.Module):
     if self.kind == 'logit_difference':
       return z - (z.sum(dim=-1, keepdim=True) - z) / (z.shape[-1] - 1)
     raise ValueError(f'unknown score kind {self.kind!r}')
-
-
-def copy_weights(net: TorchCNN, model: models.PureModel) -> models.Variables:
-  """`model`'s variables holding `net`'s weights (OIHW -> HWIO, [out, in] -> [in, out])."""
-  as_np = lambda t: np.asarray(t.detach().cpu().numpy(), np.float32)
-  convs = {i: {'kernel': as_np(getattr(net, f'conv{i + 1}').weight.permute(2, 3, 1, 0)),
-               'bias': as_np(getattr(net, f'conv{i + 1}').bias)} for i in range(net.n_convs)}
-  head = {'kernel': as_np(net.fc.weight.T), 'bias': as_np(net.fc.bias)}
-  variables = {'params': {'convs': convs, 'head': head}, 'batch_stats': {}}
-  expected = jax.eval_shape(model.init, jax.random.key(0))
-  assert jax.tree.map(np.shape, variables) == jax.tree.map(lambda a: a.shape, expected)
-  return variables
 
 
 @dataclasses.dataclass(frozen=True)

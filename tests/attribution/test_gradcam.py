@@ -1,4 +1,5 @@
-"""Grad-CAM against Captum's LayerGradCam; Grad-CAM++ against its closed form in numpy."""
+"""Grad-CAM against Captum's LayerGradCam; Grad-CAM++ and HiResCAM against their definitions
+evaluated on PyTorch autograd's layer gradients."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
 
-from lib.attribution.gradcam import grad_cam, grad_cam_plus_plus
+from lib.attribution.gradcam import grad_cam, grad_cam_plus_plus, hires_cam
 
 TOL = 1e-4
 
@@ -73,6 +74,25 @@ def test_grad_cam_plus_plus_matches_closed_form(mirror, rel_err, score, relu):
   assert rel_err(ours, _grad_cam_plus_plus_numpy(g, a, relu)) < TOL
 
 
+@pytest.mark.parametrize('score, relu', [('logit', True), ('log_probability', False)])
+def test_hires_cam_is_gradient_times_activation(mirror, rel_err, score, relu):
+  g, a = _torch_layer_grad_and_act(mirror, 'conv2', score)
+  ours = hires_cam(mirror.model.apply, mirror.variables, mirror.x, mirror.target, tap='conv2',
+                   score=score, relu=relu, upsample=False)
+  ref = (g * a).sum(-1)
+  assert rel_err(ours, np.maximum(ref, 0) if relu else ref) < TOL
+
+
+def test_hires_cam_decomposes_the_logit(mirror):
+  """Last tap before global average pooling and a linear head: Σ_ij L_ij = z_t - b_t."""
+  ours = hires_cam(mirror.model.apply, mirror.variables, mirror.x, mirror.target, tap='conv3',
+                   relu=False, upsample=False)
+  logits = mirror.model.apply(mirror.variables, mirror.x).logits
+  bias = mirror.variables['params']['head']['bias']
+  expected = np.take_along_axis(np.asarray(logits - bias), mirror.target[:, None], 1)[:, 0]
+  np.testing.assert_allclose(np.asarray(ours).sum((1, 2)), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_upsampling_is_bilinear_half_pixel(mirror, rel_err):
   small = grad_cam_plus_plus(mirror.model.apply, mirror.variables, mirror.x, mirror.target,
                              tap='conv3', upsample=False)
@@ -84,7 +104,7 @@ def test_upsampling_is_bilinear_half_pixel(mirror, rel_err):
   assert rel_err(big, ref[:, 0].numpy()) < 1e-6
 
 
-@pytest.mark.parametrize('method', [grad_cam, grad_cam_plus_plus])
+@pytest.mark.parametrize('method', [grad_cam, grad_cam_plus_plus, hires_cam])
 def test_tap_errors(mirror, method):
   args = (mirror.model.apply, mirror.variables, mirror.x, mirror.target)
   with pytest.raises(ValueError, match=r"tap='conv9' is not a tap.*'conv1', 'conv2', 'conv3'"):

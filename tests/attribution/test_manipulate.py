@@ -16,7 +16,7 @@ import pytest
 
 from lib import models
 from lib.attribution import gradcam, gradients, integrated_gradients, lrp, metrics
-from lib.attribution import occlusion, scores, smoothgrad
+from lib.attribution import occlusion, smoothgrad
 from lib.attribution.manipulate import (CONSTRUCTIONS, STEER_LAYER, manipulate, mask_at_tap,
                                         softmax_gap, softmax_gaps)
 
@@ -47,14 +47,6 @@ def pearson(a, b):
   a, b = (np.asarray(v, np.float64).reshape(len(v), -1) for v in (a, b))
   a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
   return (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))
-
-
-def hires_cam(apply, variables, x, target):
-  """Un-pooled gradient ⊙ activation at the tap, summed over channels (HiResCAM): [B, h, w]."""
-  aval = scores.abstract_outputs(apply, variables, x).taps[TAP]
-  grad, outputs = scores.score_grad(lambda d: apply(variables, x, perturb={TAP: d}),
-                                    jnp.zeros(aval.shape, aval.dtype), target, 'logit')
-  return (grad * outputs.taps[TAP]).sum(-1)
 
 
 def make(construction, strength, **kwargs):
@@ -103,9 +95,11 @@ def test_paper_construction_gradcam_is_channel_sum_hirescam_is_corner(setup):
   cam = gradcam.grad_cam(wrapped, variables, x, target, tap=TAP, upsample=False)
   assert pearson(cam, act.sum(-1)).min() > 0.999
   assert not np.all(np.argmax(np.asarray(cam).reshape(len(x), -1), -1) == 0)
-  hires = np.asarray(hires_cam(wrapped, variables, x, target)).reshape(len(x), -1)
+  hires = np.asarray(gradcam.hires_cam(wrapped, variables, x, target, tap=TAP, relu=False,
+                                       upsample=False)).reshape(len(x), -1)
   assert np.all(np.argmax(hires, -1) == 0)
-  honest = np.asarray(hires_cam(HONEST, variables, x, target)).reshape(len(x), -1)
+  honest = np.asarray(gradcam.hires_cam(HONEST, variables, x, target, tap=TAP, relu=False,
+                                       upsample=False)).reshape(len(x), -1)
   assert not np.all(np.argmax(honest, -1) == 0)
 
 
@@ -237,6 +231,19 @@ def test_jit_and_vmap_over_params(setup):
     np.testing.assert_allclose(logits[i], LYING(variables, x).logits, rtol=1e-5, atol=1e-3)
 
 
+def test_traced_strength_equals_float_strength_with_one_compile(setup):
+  variables, x, target = setup
+
+  def lying(pk, x, **kwargs):
+    return make('input', pk[1])(pk[0], x, **kwargs)
+  saliency = jax.jit(lambda pk: gradients.saliency(lying, pk, x, target))
+  for strength in (1.0, 100.0):
+    expected = gradients.saliency(make('input', strength), variables, x, target)
+    np.testing.assert_allclose(saliency((variables, jnp.float32(strength))), expected,
+                               rtol=1e-5, atol=1e-5 * strength)
+  assert saliency._cache_size() == 1
+
+
 # ----------------------------------------------------------------------------------------
 # Errors.
 
@@ -254,6 +261,8 @@ def test_jit_and_vmap_over_params(setup):
     (dict(construction='paper', strength=1.0, tap=TAP, mask=MASK), 'takes no mask'),
     (dict(construction='input', strength=1.0, mask=MASK, tap=TAP), 'takes no tap'),
     (dict(construction='paper', strength=1.0, tap=TAP, adaptive=True), 'adaptive'),
+    (dict(construction='paper', strength=jnp.float32(-1.0), tap=TAP), 'strength must be a positive'),
+    (dict(construction='paper', strength=jnp.ones(2), tap=TAP), 'scalar array'),
 ])
 def test_bad_arguments(kwargs, match):
   with pytest.raises(ValueError, match=match):
