@@ -300,7 +300,9 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> markdown.Section:
       'over all cells, so its map becomes the channel sum Σ_k A_k, not a top-left spot; the '
       'un-pooled HiResCAM (gradient ⊙ activation) does peak in the top-left cell, as do the '
       "input-gradient methods (the cell's receptive field): the paper's top-left heatmaps "
-      'are what these methods show.',
+      'are what these methods show. (On the honest model HiResCAM equals Grad-CAM: the tap '
+      'feeds global average pooling and a linear head, so ∂z/∂A_ijk = W_k/(hw) is the same '
+      'in every cell; the two differ exactly when t reads single cells.)',
       markdown.table(['method', 'honest', 'steered', 'paper construction'], steer_rows),
       f'![heatmaps]({rel(grid)})',
       f'**Detection**: audit model score (class collapse, pre/post-softmax and cross-method '

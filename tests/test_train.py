@@ -1,5 +1,6 @@
 """Training loop: exact resumption after SIGKILL, checkpoint fall-back, NaN stop, logging."""
 
+import logging
 import os
 import signal
 import subprocess
@@ -149,3 +150,15 @@ def test_bad_overrides_are_refused(tmp_path):
       [sys.executable, '-m', 'launch.run', '--config=experiments/classifier.py:nonsense',
        f'--workdir={tmp_path}'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode != 0 and 'unknown config variants' in out.stderr
+
+
+def test_launcher_hides_library_info_logs_only():
+  from launch import run as launcher  # pylint: disable=g-import-not-at-top
+  keep = launcher._LibraryInfoFilter().filter
+  record = lambda path, level: logging.LogRecord('absl', level, path, 1, 'message', None, None)
+  orbax = os.path.join(os.sep, 'site-packages', 'orbax', 'checkpoint', 'manager.py')
+  jax_src = os.path.join(os.sep, 'site-packages', 'jax', '_src', 'xla_bridge.py')
+  ours = os.path.join(ROOT, 'experiments', 'attribution_integrity.py')
+  assert not keep(record(orbax, logging.INFO)) and not keep(record(jax_src, logging.INFO))
+  assert keep(record(orbax, logging.WARNING)) and keep(record(jax_src, logging.ERROR))
+  assert keep(record(ours, logging.INFO))
