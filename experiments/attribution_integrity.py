@@ -276,7 +276,8 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> markdown.Section:
   fixed = [(k, auc) for k, adaptive, auc, _ in curve if not adaptive]
   auc_fig = figures.line_plot(
       {'audit ROC AUC': fixed}, os.path.join(workdir, 'detection_auc.png'), xlabel='strength K',
-      ylabel='ROC AUC (16 honest vs 16 manipulated)', logx=True,
+      ylabel='audit ROC AUC', logx=True,
+      title=f'{c.num_seeds} honest vs {c.num_seeds} manipulated seeds (adaptive: at x = λ)',
       points={f'adaptive λ={k:g}': (k, auc) for k, adaptive, auc, _ in curve if adaptive})
   moved = [(f'λ={k:g} adaptive' if adaptive else f'K={k:g}', auc, d)
            for k, adaptive, auc, d in curve if d > 20]

@@ -81,10 +81,12 @@ def heatmap_grid(images: np.ndarray, rows: Mapping[str, Sequence[np.ndarray]],
 
 
 def line_plot(series: Mapping[str, Sequence[tuple[float, float]]], path: str, *, xlabel: str,
-              ylabel: str, logx: bool = False,
+              ylabel: str, logx: bool = False, title: str | None = None,
               points: Mapping[str, tuple[float, float]] | None = None) -> str:
-  """Lines of (x, y) pairs, plus optional single labelled points; returns `path`."""
+  """Lines of (x, y) pairs, plus optional single labelled points and a title; returns `path`."""
   fig, ax = plt.subplots(figsize=(5, 3.2))
+  if title:
+    ax.set_title(title, fontsize=9)
   for label, xy in series.items():
     xs, ys = zip(*xy)
     ax.plot(xs, ys, marker='o', label=label)
