@@ -15,7 +15,7 @@ pick in Captum:
   saliency              one gradient (the floor of every method).
 
 Each call explains the same batch for its targets and blocks until the maps are on the
-host. Before timing, the maps of the two frameworks are compared (SmoothGrad on its own
+host. On a GPU, PyTorch runs on CUDA too (TF32 off on both sides). Before timing, the maps of the two frameworks are compared (SmoothGrad on its own
 noise draws, so only its shape is compared). Timed in alternation (`time_interleaved`) so
 that a busy machine slows both alike; compilation is reported separately.
 """
@@ -74,7 +74,12 @@ def run(*, batch_size: int, image_size: int, widths: tuple[int, ...], ig_steps: 
   """Times every method in both frameworks; returns {'rows', 'table', 'notes', 'setup'}."""
   import torch  # pylint: disable=g-import-not-at-top
   from launch import bench_torch  # pylint: disable=g-import-not-at-top
-  torch.set_num_threads(os.cpu_count())
+  device = 'cuda' if jax.default_backend() == 'gpu' and torch.cuda.is_available() else 'cpu'
+  if device == 'cpu':
+    torch.set_num_threads(os.cpu_count())
+  else:  # the same float32 arithmetic as JAX at 'highest' precision: no TF32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
   torch.manual_seed(0)
   net = bench_torch.SmallCNN(3, widths, NUM_CLASSES).eval()
   model = models.get_model('cnn', input_shape=(image_size, image_size, 3),
@@ -84,22 +89,23 @@ def run(*, batch_size: int, image_size: int, widths: tuple[int, ...], ig_steps: 
   x_np = rng.random((batch_size, image_size, image_size, 3), np.float32)
   target_np = rng.integers(0, NUM_CLASSES, batch_size)
   x, target, key = jnp.asarray(x_np), jnp.asarray(target_np), jax.random.key(0)
-  x_torch = torch.from_numpy(x_np).permute(0, 3, 1, 2).contiguous()
-  target_torch = torch.from_numpy(target_np)
+  net = net.to(device)
+  x_torch = torch.from_numpy(x_np).permute(0, 3, 1, 2).contiguous().to(device)
+  target_torch = torch.from_numpy(target_np).to(device)
 
   rows, runs, checks, compile_s = [], {}, {}, {}
   for name, (ours, theirs) in _methods(ig_steps, sg_samples, stdev).items():
     start = time.perf_counter()
     mine = np.asarray(ours(model.apply, params, x, target, key))
     compile_s[name] = time.perf_counter() - start
-    ref = theirs(net, x_torch, target_torch).detach().numpy()
+    ref = theirs(net, x_torch, target_torch).detach().cpu().numpy()
     ref = ref.transpose(0, 2, 3, 1) if ref.ndim == 4 else ref
     checks[name] = (float(np.linalg.norm(mine - ref) / np.linalg.norm(ref))
                     if not name.startswith('SmoothGrad') else None)
     runs[f'jax {name}'] = lambda f=ours: (np.asarray(f(model.apply, params, x, target, key)), 1)[1]
 
     def torch_run(f=theirs):
-      f(net, x_torch, target_torch).detach().numpy()
+      f(net, x_torch, target_torch).detach().cpu().numpy()
       return 1
     runs[f'captum {name}'] = torch_run
     log(f'[bench attribution] {name}: first JAX call (compile) {compile_s[name]:.1f} s, '
@@ -113,7 +119,8 @@ def run(*, batch_size: int, image_size: int, widths: tuple[int, ...], ig_steps: 
             'JAX first call (s)', 'spread']
   notes = [f'SmallCNN widths {widths}, {image_size}x{image_size}x3, batch {batch_size}, '
            f'float32; {repeats} interleaved repeats after {warmup} warm-up; torch '
-           f'{torch.__version__} with {torch.get_num_threads()} threads.',
+           f'{torch.__version__} on {device}' + (f' with {torch.get_num_threads()} threads.'
+                                                 if device == 'cpu' else '.'),
            'JAX / Captum > 1: this codebase is faster. "rel. diff." = ||ours - Captum|| / '
            '||Captum|| on the same inputs (SmoothGrad draws different noise: not compared).']
   return {'rows': rows, 'table': common.table(header, rows), 'notes': notes,
