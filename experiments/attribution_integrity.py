@@ -32,10 +32,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-
-from experiments import classifier
 from absl import logging
 
+from experiments import classifier
 from lib import sweep, train
 from lib.attribution import audit as audit_lib
 from lib.attribution import gradcam, gradients, integrated_gradients, lrp, manipulate, metrics

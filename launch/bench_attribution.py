@@ -22,7 +22,7 @@ that a busy machine slows both alike; compilation is reported separately.
 
 from __future__ import annotations
 
-import os
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -68,18 +68,25 @@ def _methods(ig_steps: int, sg_samples: int, stdev: float) -> dict[str, tuple[Ca
   }
 
 
+def _run_jax(method, apply, params, x, target, key) -> int:
+  """One timed unit: the maps of the batch, on the host."""
+  np.asarray(method(apply, params, x, target, key))
+  return 1
+
+
+def _run_captum(method, net, x, target) -> int:
+  """One timed unit: the maps of the batch, on the host."""
+  method(net, x, target).detach().cpu().numpy()
+  return 1
+
+
 def run(*, batch_size: int, image_size: int, widths: tuple[int, ...], ig_steps: int,
         sg_samples: int, warmup: int, repeats: int, log: Callable[[str], None],
         stdev: float = 0.1) -> dict[str, Any]:
   """Times every method in both frameworks; returns {'rows', 'table', 'notes', 'setup'}."""
   import torch  # pylint: disable=g-import-not-at-top
   from launch import bench_torch  # pylint: disable=g-import-not-at-top
-  device = 'cuda' if jax.default_backend() == 'gpu' and torch.cuda.is_available() else 'cpu'
-  if device == 'cpu':
-    torch.set_num_threads(os.cpu_count())
-  else:  # the same float32 arithmetic as JAX at 'highest' precision: no TF32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+  device = bench_torch.torch_device()
   torch.manual_seed(0)
   net = bench_torch.SmallCNN(3, widths, NUM_CLASSES).eval()
   model = models.get_model('cnn', input_shape=(image_size, image_size, 3),
@@ -102,12 +109,8 @@ def run(*, batch_size: int, image_size: int, widths: tuple[int, ...], ig_steps: 
     ref = ref.transpose(0, 2, 3, 1) if ref.ndim == 4 else ref
     checks[name] = (float(np.linalg.norm(mine - ref) / np.linalg.norm(ref))
                     if not name.startswith('SmoothGrad') else None)
-    runs[f'jax {name}'] = lambda f=ours: (np.asarray(f(model.apply, params, x, target, key)), 1)[1]
-
-    def torch_run(f=theirs):
-      f(net, x_torch, target_torch).detach().cpu().numpy()
-      return 1
-    runs[f'captum {name}'] = torch_run
+    runs[f'jax {name}'] = functools.partial(_run_jax, ours, model.apply, params, x, target, key)
+    runs[f'captum {name}'] = functools.partial(_run_captum, theirs, net, x_torch, target_torch)
     log(f'[bench attribution] {name}: first JAX call (compile) {compile_s[name]:.1f} s, '
         f'relative difference to Captum {common.fmt(checks[name])}')
   timings = common.time_interleaved(runs, warmup=warmup, repeats=repeats)

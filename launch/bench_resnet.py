@@ -11,7 +11,6 @@ alternation so that a busy machine slows both alike.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any, Callable
 
@@ -64,13 +63,7 @@ def torch_runner(batch_size: int, widths: Sequence[int], blocks: Sequence[int], 
   """`run()` doing one PyTorch training step, and facts about the setup."""
   import torch  # pylint: disable=g-import-not-at-top
   from launch import bench_torch  # pylint: disable=g-import-not-at-top
-  device = 'cuda' if jax.default_backend() == 'gpu' and torch.cuda.is_available() else 'cpu'
-  if device == 'cpu':
-    torch.set_num_threads(os.cpu_count())
-  else:  # same float32 arithmetic as JAX at 'highest' precision: no TF32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cudnn.benchmark = True
+  device = bench_torch.torch_device()
   torch.manual_seed(0)
   fmt = torch.channels_last if channels_last else torch.contiguous_format
   model = bench_torch.ResNet(num_classes=NUM_CLASSES, widths=widths, blocks=blocks).to(device, memory_format=fmt)

@@ -16,6 +16,7 @@ PyTorch is a benchmark/test dependency only; nothing in `lib` imports this file.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,9 +56,11 @@ class SmallCNN(nn.Module):
     return self.fc(x.mean(dim=(2, 3)))
 
 
-
 def copy_small_cnn(net: SmallCNN, model: Any) -> dict:
-  """`model` (a `lib.models` 'cnn' without batch norm)'s variables holding `net`'s weights (OIHW -> HWIO, [out, in] -> [in, out])."""
+  """Variables of `model` (a `lib.models` 'cnn' without batch norm) holding `net`'s weights.
+
+  OIHW conv kernels become HWIO, [out, in] dense kernels [in, out].
+  """
   as_np = lambda t: np.asarray(t.detach().cpu().numpy(), np.float32)
   convs = {i: {'kernel': as_np(getattr(net, f'conv{i + 1}').weight.permute(2, 3, 1, 0)),
                'bias': as_np(getattr(net, f'conv{i + 1}').bias)} for i in range(net.n_convs)}
@@ -68,6 +71,18 @@ def copy_small_cnn(net: SmallCNN, model: Any) -> dict:
     raise ValueError(f'model has variables of shapes {expected}; the PyTorch net has '
                      f'{jax.tree.map(np.shape, variables)}.')
   return variables
+
+
+def torch_device() -> str:
+  """'cuda' when JAX runs on a GPU and PyTorch sees one, else 'cpu' (all cores), set up so
+  that PyTorch computes what JAX does at 'highest' matmul precision (no TF32)."""
+  if jax.default_backend() == 'gpu' and torch.cuda.is_available():
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
+    return 'cuda'
+  torch.set_num_threads(os.cpu_count())
+  return 'cpu'
 
 
 def _conv_bn(cin: int, cout: int, k: int, stride: int) -> nn.Sequential:

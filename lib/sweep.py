@@ -46,6 +46,14 @@ AXIS = 'seed'
 STRATEGIES = ('auto', 'vmap', 'sequential')
 
 
+def _resolve_strategy(strategy: str) -> str:
+  """A checked strategy, with 'auto' made 'sequential' on CPU and 'vmap' elsewhere."""
+  validate.check_choice(strategy, STRATEGIES, 'strategy')
+  if strategy == 'auto':
+    return 'sequential' if jax.default_backend() == 'cpu' else 'vmap'
+  return strategy
+
+
 def seed_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A 1-D mesh named 'seed' over `devices` (default: all devices of all processes)."""
   return Mesh(np.asarray(devices if devices is not None else jax.devices()), (AXIS,))
@@ -103,9 +111,7 @@ def fit_seeds(*, model: PureModel, optimizer: optax.GradientTransformation, trai
   if learning_rates is not None and len(learning_rates) != n:
     raise ValueError(f'learning_rates must hold one value per seed ({n}); got {len(learning_rates)}.')
   validate.check_positive(batch_size, 'batch_size')
-  validate.check_choice(strategy, STRATEGIES, 'strategy')
-  if strategy == 'auto':
-    strategy = 'sequential' if jax.default_backend() == 'cpu' else 'vmap'
+  strategy = _resolve_strategy(strategy)
   sharded = NamedSharding(mesh, P(AXIS))
   local = local_seed_slice(n, mesh)
   if strategy == 'sequential':
@@ -172,13 +178,11 @@ def map_seeds(fn: Callable[..., Any], stacked: Any, *args: Any, strategy: str = 
     >>> accuracy = map_seeds(lambda v, x, y: (model.apply(v, x).logits.argmax(-1) == y).mean(),
     ...                      variables, images, labels)          # [N]
   """
-  validate.check_choice(strategy, STRATEGIES, 'strategy')
+  strategy = _resolve_strategy(strategy)
   sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(stacked)}
   if len(sizes) != 1 or None in sizes or 0 in sizes:
     raise ValueError('stacked must be a pytree whose leaves share a leading seed axis of size '
                      f'N >= 1; got leading sizes {sorted(map(str, sizes))}.')
-  if strategy == 'auto':
-    strategy = 'sequential' if jax.default_backend() == 'cpu' else 'vmap'
   if strategy == 'vmap':
     return jax.tree.map(np.asarray, jax.jit(jax.vmap(fn, in_axes=(0,) + (None,) * len(args)))(
         stacked, *args))

@@ -22,8 +22,7 @@ import pytest
 import torch
 from torch import nn
 
-from launch.bench_torch import SmallCNN as TorchCNN
-from launch.bench_torch import copy_small_cnn as copy_weights
+from launch.bench_torch import SmallCNN, copy_small_cnn
 from lib import models
 
 INPUT_SHAPE = (16, 16, 3)
@@ -66,7 +65,7 @@ class Mirror:
     x: [B, H, W, C] float32 images in [0, 1].
     target: [B] int classes (all different, not all the predicted ones).
   """
-  net: TorchCNN
+  net: SmallCNN
   model: models.PureModel
   variables: models.Variables
   x: np.ndarray
@@ -99,10 +98,10 @@ class Mirror:
 @pytest.fixture(scope='session')
 def mirror() -> Mirror:
   torch.manual_seed(0)
-  net = TorchCNN(INPUT_SHAPE[-1], WIDTHS, NUM_CLASSES).double().eval()
+  net = SmallCNN(INPUT_SHAPE[-1], WIDTHS, NUM_CLASSES).double().eval()
   model = models.get_model('cnn', input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES,
                            widths=WIDTHS, batch_norm=False)
-  variables = copy_weights(net, model)
+  variables = copy_small_cnn(net, model)
   return Mirror(net, model, variables, images(0), np.array([1, 4, 2]))
 
 
