@@ -9,13 +9,19 @@ Pre-Softmax Scores" (arXiv 2307.03305). Protocol (choices the paper leaves open 
    t = K·Σ_k A[0,0,k] at the Grad-CAM tap, and the steering construction that provably
    moves every logit-based family into a target mask M (the top-left quarter of the
    image, away from where objects usually are): 'input' (input-gradient methods, LRP)
-   nested in 'channel' (Grad-CAM). Predictions are unchanged; |Δp| is measured in float64
-   and float32.
-3. Localisation: pointing game of every method × score (logit, probability,
+   nested in 'channel' (Grad-CAM). |Δp| and agreement of predictions are measured (float32,
+   and z + t in float64: `lib.attribution.invariance`).
+3. Localisation: pointing game of every method (`c.methods`, names of
+   `lib.attribution.registry`; all by default) × score (logit, probability,
    log-probability, logit difference) against the ground-truth evidence masks of `shapes`,
    honest vs manipulated.
 4. Detection: `lib.attribution.audit` model-level score of every honest and every
    manipulated seed; ROC AUC against the strength K, and for the adaptive variant.
+
+`run` checks every analysis setting against the model before the first training step
+(`check_config`), `measure` returns the numbers (`Results`), and
+`experiments.attribution_integrity_report.section` writes the report from them: every
+sentence that states a conclusion is chosen by the numbers of the run.
 
 Launch:
   python -m launch.run --config=experiments/attribution_integrity.py:runlocal --workdir=/tmp/ai
@@ -24,9 +30,9 @@ Launch:
 
 from __future__ import annotations
 
-import functools
 import os
 import time
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,14 +40,18 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from experiments import attribution_integrity_report as report
 from experiments import classifier
-from lib import sweep, train
+from lib import sweep, train, validate
 from lib.attribution import audit as audit_lib
-from lib.attribution import gradcam, gradients, integrated_gradients, lrp, manipulate, metrics
-from lib.attribution import occlusion, scores, smoothgrad
+from lib.attribution import heatmaps as heatmaps_lib
+from lib.attribution import invariance, localisation, manipulate, registry, scores
 from lib.report import figures, markdown
 
 SCORES = scores.SCORES  # ('logit', 'probability', 'log_probability', 'logit_difference')
+# Both sweep strategies checkpoint the same stacked layout (lib/sweep.py), so a relaunch may
+# switch strategy; see lib/run_config.py.
+RESUMABLE_KEYS = ('strategy',)
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
@@ -56,6 +66,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.num_seeds = 16
   c.strategy = 'auto'          # sweep strategy (lib/sweep.py): 'sequential' on CPU, 'vmap' on GPU
   c.tap = 'conv3'
+  c.methods = ''               # comma-separated `lib.attribution.registry` names; '' = all
   c.strength = 1000.0          # K of the tables
   c.strengths = '0.01,0.1,1,10,100,1000'  # K of the detection curve
   c.adaptive_margin = 3.0      # λ of the adaptive variant (> 2: provable dominance)
@@ -84,94 +95,116 @@ def target_mask(size: int) -> np.ndarray:
   return m
 
 
-def attribution_methods(c: ml_collections.ConfigDict) -> dict:
-  """name -> method(apply, params, x, target, *, score, key) -> maps."""
-  return {
-      'saliency': gradients.saliency,
-      'gradient_x_input': gradients.gradient_x_input,
-      'integrated_gradients': functools.partial(integrated_gradients.integrated_gradients,
-                                                n_steps=c.ig_steps),
-      'smoothgrad': functools.partial(smoothgrad.smoothgrad, gradients.saliency,
-                                      n_samples=c.smoothgrad_samples,
-                                      stdev=c.smoothgrad_stdev),
-      'grad_cam': functools.partial(gradcam.grad_cam, tap=c.tap),
-      'grad_cam_plus_plus': functools.partial(gradcam.grad_cam_plus_plus, tap=c.tap),
-      'hires_cam': functools.partial(gradcam.hires_cam, tap=c.tap),
-      'lrp_epsilon': functools.partial(lrp.lrp, rules=lrp.epsilon_plus()),
-      'occlusion': functools.partial(occlusion.occlusion, window=c.occlusion_window,
-                                     stride=c.occlusion_window // 2),
-  }
+def detection_strengths(c: ml_collections.ConfigDict) -> list[float]:
+  """K of the detection curve, from the comma-separated `c.strengths`."""
+  try:
+    values = [float(v) for v in str(c.strengths).split(',')]
+  except ValueError:
+    raise ValueError('config.strengths must be comma-separated numbers, e.g. "0.1,1,10"; got '
+                     f'{c.strengths!r}.') from None
+  for v in values:
+    _check_strength(v, 'config.strengths')
+  return values
 
 
-def applicable(method: str, score: str) -> bool:
-  """LRP starts from a logit (or a logit difference); probabilities are not relevances."""
-  return not (method.startswith('lrp') and score in ('probability', 'log_probability'))
+def _check_strength(value: Any, name: str) -> None:
+  validate.check_number(value, name, low=0.0)
+  if value <= 0:
+    raise ValueError(f'{name} must be positive; got {value!r}.')
 
 
-def heatmaps(method, apply, params, x, target, score, key) -> jax.Array:
-  """[B, H, W] heatmap of one method (|maps| summed over channels for pixel methods)."""
-  maps = method(apply, params, x, target, score=score, key=key)
-  return metrics.to_heatmap(maps) if maps.ndim == 4 else maps
+def check_config(c: ml_collections.ConfigDict, model: Any, num_test: int) -> None:
+  """Every analysis setting against the model and data, before anything trains.
 
+  Args:
+    c: the study's config.
+    model: the built model (`tap_shapes`: tap name -> per-example shape).
+    num_test: size of the test split.
 
-def steered(apply, c, mask, *, strength, adaptive=False):
-  """The steering manipulation: 'input' (gradient family, LRP) nested in 'channel' (CAMs)."""
-  inner = manipulate.manipulate(apply, construction='input', strength=strength, mask=mask,
-                                adaptive=adaptive)
-  return manipulate.manipulate(inner, construction='channel', strength=strength, mask=mask,
-                               tap=c.tap, adaptive=adaptive)
-
-
-def all_heatmaps(methods, models, params, x, target, key):
-  """{(model, method, score): [B, H, W]} for every applicable method × score of each model.
-
-  One jitted program per (model, method) computes all its scores: compiling them together
-  takes about half the time of one program per score (shared forward passes, one XLA
-  module), and compilation is most of this stage's time at `runlocal` scale.
+  Raises:
+    ValueError: naming the config key and what was expected.
   """
-  out = {}
-  for model_name, (apply, model_scores) in models.items():
-    for name, method in methods.items():
-      wanted = [s for s in model_scores if applicable(name, s)]
-      maps = jax.jit(lambda p, x, t, k, method=method, apply=apply, wanted=wanted: [
-          heatmaps(method, apply, p, x, t, s, k) for s in wanted])(params, x, target, key)
-      out.update({(model_name, name, s): np.asarray(m) for s, m in zip(wanted, maps)})
-  return out
+  taps = dict(model.tap_shapes)
+  spatial = [name for name, shape in taps.items() if len(shape) == 3]
+  if c.tap not in spatial:
+    raise ValueError(f'config.tap={c.tap!r} must be a spatial tap [h, w, c] of model '
+                     f'{c.model!r}; valid: {spatial} (all taps: {list(taps)}).')
+  try:
+    registry.parse_names(c.methods)
+  except ValueError as e:
+    raise ValueError(f'config.methods={c.methods!r}: {e}') from None
+  _check_strength(c.strength, 'config.strength')
+  detection_strengths(c)
+  _check_strength(c.adaptive_margin, 'config.adaptive_margin')
+  validate.check_int(c.image_size, 'config.image_size', minimum=4)
+  validate.check_int(c.num_seeds, 'config.num_seeds', minimum=1)
+  validate.check_int(c.occlusion_window, 'config.occlusion_window', minimum=2)
+  if c.occlusion_window > c.image_size:
+    raise ValueError(f'config.occlusion_window={c.occlusion_window} exceeds the image size '
+                     f'config.image_size={c.image_size}.')
+  validate.check_int(c.audit_occlusion_stride, 'config.audit_occlusion_stride', minimum=1)
+  if c.audit_occlusion_stride > c.occlusion_window:
+    raise ValueError(f'config.audit_occlusion_stride={c.audit_occlusion_stride} must not exceed '
+                     f'config.occlusion_window={c.occlusion_window} (pixels left uncovered).')
+  validate.check_int(c.num_eval, 'config.num_eval', minimum=1)
+  if c.num_eval > num_test:
+    raise ValueError(f'config.num_eval={c.num_eval} exceeds the {num_test} test images.')
+  validate.check_int(c.num_audit, 'config.num_audit', minimum=1)
+  if c.num_audit > c.num_eval:
+    raise ValueError(f'config.num_audit={c.num_audit} must not exceed config.num_eval='
+                     f'{c.num_eval} (the audit reads the first num_audit of those images).')
+  validate.check_int(c.ig_steps, 'config.ig_steps', minimum=2)
+  validate.check_int(c.smoothgrad_samples, 'config.smoothgrad_samples', minimum=1)
+  validate.check_number(c.smoothgrad_stdev, 'config.smoothgrad_stdev', low=0.0)
+
+
+def attribution_methods(c: ml_collections.ConfigDict) -> dict[str, registry.Method]:
+  """name -> bound `registry.Method` for the methods `c.methods` selects."""
+  return registry.build(c.methods, tap=c.tap, options={
+      'integrated_gradients': {'n_steps': c.ig_steps},
+      'smoothgrad': {'n_samples': c.smoothgrad_samples, 'stdev': c.smoothgrad_stdev},
+      'occlusion': {'window': c.occlusion_window, 'stride': c.occlusion_window // 2},
+  })
 
 
 def pointing(heat: dict, masks: np.ndarray) -> dict:
   """Pointing-game accuracy in % of each heatmap set of `heat` against `masks` [B, H, W]."""
-  return {k: 100 * float(metrics.pointing_game(jnp.asarray(v), jnp.asarray(masks)).mean())
+  return {k: 100 * float(localisation.pointing_game(jnp.asarray(v), jnp.asarray(masks)).mean())
           for k, v in heat.items()}
 
 
-def invariance_rows(honest, models, params, x, labels):
+def invariance_rows(honest, models, params, x, labels) -> list[dict[str, Any]]:
   """Per manipulated model: max |Δp| (float64, float32), mean |t|, accuracies, agreement."""
   base = np.asarray(honest(params, x).logits)
   rows = []
   for name, lying in models.items():
-    gaps = manipulate.softmax_gaps(honest, lying, params, x)
+    gaps = invariance.softmax_gaps(honest, lying, params, x)
     logits = np.asarray(lying(params, x).logits)
-    same = (logits.argmax(-1) == base.argmax(-1)).mean()
-    rows.append([name, f'{gaps["float64"]:.1e}', f'{gaps["float32"]:.1e}',
-                 f'{np.abs(logits - base)[:, 0].mean():.3g}',
-                 f'{(base.argmax(-1) == labels).mean():.3f}',
-                 f'{(logits.argmax(-1) == labels).mean():.3f}', f'{same:.3f}'])
+    rows.append({'name': name, 'float64': gaps['float64'], 'float32': gaps['float32'],
+                 'mean_t': float(np.abs(logits - base)[:, 0].mean()),
+                 'accuracy_honest': float((base.argmax(-1) == labels).mean()),
+                 'accuracy_manipulated': float((logits.argmax(-1) == labels).mean()),
+                 'same': float((logits.argmax(-1) == base.argmax(-1)).mean())})
   return rows
 
 
-def detection(c, model, stacked, x, evidence, mask, key):
+def detection(c, model, stacked, x, evidence, mask, key) -> list[dict[str, Any]]:
   """Audit scores of every honest and manipulated seed; ROC AUC per strength setting.
 
-  The manipulated model takes (variables, K) as its parameters, so every fixed-K setting
-  runs one compiled program (and the adaptive variant a second one); seeds are mapped with
-  `sweep.map_seeds` (one after another on CPU, vmapped elsewhere).
+  The manipulated model takes (variables, K) as its parameters, so all fixed-K settings
+  share one compiled program (and the adaptive variant a second one, the honest model a
+  third); seeds are mapped with `sweep.map_seeds` (one after another on CPU, vmapped
+  elsewhere).
 
-  Returns (rows for the table, [(strength, adaptive, auc, pointing drop)]).
+  Returns:
+    Per setting: strength, adaptive, auc, drop (largest fall of the mean pointing, points),
+    pointing_honest/pointing_lying ([2]: logit saliency, Grad-CAM, %), scores_honest and
+    scores_lying ([S] audit model scores).
   """
   methods = audit_lib.default_methods(c.tap, n_steps=c.ig_steps)
   references = audit_lib.default_references(window=c.occlusion_window,
                                             stride=c.audit_occlusion_stride)
+  pointers = (registry.get('saliency'), methods['grad_cam'])
   k, evidence = int(mask.sum()), jnp.asarray(evidence)
 
   def honest(pk, x, **kwargs):
@@ -179,52 +212,75 @@ def detection(c, model, stacked, x, evidence, mask, key):
 
   def lying(adaptive):
     def apply(pk, x, **kwargs):
-      return steered(model.apply, c, mask, strength=pk[1], adaptive=adaptive)(pk[0], x, **kwargs)
+      return manipulate.steered(model.apply, mask, tap=c.tap, strength=pk[1],
+                                adaptive=adaptive)(pk[0], x, **kwargs)
     return apply
 
-  def measure(apply, strength):
-    """([S] audit model scores, [S, 2] pointing (%) of logit saliency and Grad-CAM)."""
+  def measured(apply):
+    """pk -> (audit model score, [2] pointing (%)): one function, so one compiled program."""
     def one(pk):
       score = audit_lib.audit(apply, pk, x, methods=methods, references=references, key=key,
                               k=k).model_score
       target = jnp.argmax(model.apply(pk[0], x).logits, -1)
-      point = jnp.stack([metrics.pointing_game(heatmaps(m, apply, pk, x, target, 'logit', None),
-                                               evidence).mean()
-                         for m in (gradients.saliency, methods['grad_cam'])])
+      point = jnp.stack([
+          localisation.pointing_game(heatmaps_lib.heatmap(m, apply, pk, x, target, 'logit', None),
+                                     evidence).mean() for m in pointers])
       return score, 100 * point
-    strengths = jnp.full(len(jax.tree.leaves(stacked)[0]), strength, jnp.float32)
-    return sweep.map_seeds(one, (stacked, strengths), strategy=c.strategy)
+    return one
 
-  honest_scores, honest_point = measure(honest, 1.0)
+  num_seeds = len(jax.tree.leaves(stacked)[0])
+  run = lambda fn, strength: sweep.map_seeds(
+      fn, (stacked, jnp.full(num_seeds, strength, jnp.float32)), strategy=c.strategy)
+  honest_scores, honest_point = run(measured(honest), 1.0)
   honest_point = honest_point.mean(0)
-  applies = {False: lying(False), True: lying(True)}
-  settings = [(float(v), False) for v in c.strengths.split(',')] + [(c.adaptive_margin, True)]
-  rows, curve = [], []
+  programs = {False: measured(lying(False)), True: measured(lying(True))}
+  settings = [(v, False) for v in detection_strengths(c)] + [(c.adaptive_margin, True)]
+  curve = []
   for strength, adaptive in settings:
-    lying_scores, lying_point = measure(applies[adaptive], strength)
+    lying_scores, lying_point = run(programs[adaptive], strength)
     lying_point = lying_point.mean(0)
-    auc = audit_lib.detection_auc(honest_scores, lying_scores)
-    drop = float((honest_point - lying_point).max())
-    rows.append([f'λ = {strength:g} (adaptive)' if adaptive else f'K = {strength:g}',
-                 f'{honest_point[0]:.0f} → {lying_point[0]:.0f}',
-                 f'{honest_point[1]:.0f} → {lying_point[1]:.0f}',
-                 f'{honest_scores.mean():.3f} ± {honest_scores.std():.3f}',
-                 f'{lying_scores.mean():.3f} ± {lying_scores.std():.3f}', f'{auc:.3f}'])
-    curve.append((strength, adaptive, auc, drop))
-  return rows, curve
+    curve.append({'strength': float(strength), 'adaptive': adaptive,
+                  'auc': audit_lib.detection_auc(honest_scores, lying_scores),
+                  'drop': float((honest_point - lying_point).max()),
+                  'pointing_honest': honest_point, 'pointing_lying': lying_point,
+                  'scores_honest': honest_scores, 'scores_lying': lying_scores})
+  return curve
 
 
-def run(c: ml_collections.ConfigDict, workdir: str) -> markdown.Section:
-  """Trains the seeds (resumable), manipulates, measures; returns the report section."""
-  clock = [time.time()]
-  stage_s = {}
+class Results(NamedTuple):
+  """What one run measured (`measure`); `section` turns it into the report."""
+  config: ml_collections.ConfigDict
+  num_test: int
+  num_classes: int
+  seed_accuracy: np.ndarray              # [S] test accuracy per seed
+  methods: tuple[str, ...]
+  supports: dict[str, tuple[str, ...]]   # method -> the scores it supports
+  invariance: list[dict[str, Any]]       # `invariance_rows`
+  on_evidence: dict                      # (model, method, score) -> pointing (%)
+  on_target: dict                        # the same against the target mask M
+  hires_vs_grad_cam: float | None        # max |HiResCAM − Grad-CAM| / max |Grad-CAM|, honest
+  detection: list[dict[str, Any]]        # `detection`
+  figures: dict[str, str]                # name -> path relative to the workdir
+  stage_s: dict[str, float]              # wall time of each stage
+
+
+def build(c: ml_collections.ConfigDict):
+  """(train data, test data, model, optimizer), with the whole config checked against them."""
+  train_data, test_data, model, optimizer = classifier.build(c)
+  check_config(c, model, len(test_data))
+  return train_data, test_data, model, optimizer
+
+
+def measure(c: ml_collections.ConfigDict, workdir: str) -> Results:
+  """Checks the config, trains the seeds (resumable), manipulates and measures."""
+  clock, stage_s = [time.time()], {}
 
   def lap(stage):
     stage_s[stage] = time.time() - clock[0]
     clock[0] = time.time()
     logging.info('attribution_integrity: %s took %.0f s', stage, stage_s[stage])
 
-  train_data, test_data, model, optimizer = classifier.build(c)
+  train_data, test_data, model, optimizer = build(c)
   seeds = list(range(c.seed, c.seed + c.num_seeds))
   state = sweep.fit_seeds(model=model, optimizer=optimizer, train_data=train_data, seeds=seeds,
                           num_steps=c.num_steps, batch_size=c.batch_size,
@@ -241,84 +297,46 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> markdown.Section:
   batch = test_data.get(np.arange(c.num_eval))
   x, labels, evidence = jnp.asarray(batch['image']), batch['label'], batch['mask']
   target = jnp.argmax(model.apply(params, x).logits, -1)  # explain the predicted class
-  size = x.shape[1]
-  mask = target_mask(size)
+  mask = target_mask(x.shape[1])
   key = jax.random.key(c.seed)
 
   paper = manipulate.manipulate(model.apply, construction='paper', strength=c.strength,
                                 tap=c.tap)
-  lying = steered(model.apply, c, mask, strength=c.strength)
-  adaptive = steered(model.apply, c, mask, strength=c.adaptive_margin, adaptive=True)
+  lying = manipulate.steered(model.apply, mask, tap=c.tap, strength=c.strength)
+  adaptive = manipulate.steered(model.apply, mask, tap=c.tap, strength=c.adaptive_margin,
+                                adaptive=True)
   inv = invariance_rows(model.apply, {'paper (K·Σ_k A[0,0,k])': paper, 'steering': lying,
                                       'steering, adaptive': adaptive}, params, x, labels)
-
   methods = attribution_methods(c)
-  heat = all_heatmaps(methods, {'honest': (model.apply, SCORES), 'steered': (lying, SCORES),
-                                'paper': (paper, ('logit',))}, params, x, target, key)
+  heat = heatmaps_lib.all_heatmaps(
+      methods, {'honest': (model.apply, SCORES), 'steered': (lying, SCORES),
+                'paper': (paper, ('logit',))}, params, x, target, key)
   lap('invariance and heatmaps')
-  on_evidence = pointing(heat, evidence)
-  on_target = pointing(heat, np.broadcast_to(mask, evidence.shape))
-
-  loc_rows = [[name] + [f'{on_evidence["honest", name, s]:.0f} → {on_evidence["steered", name, s]:.0f}'
-                        if applicable(name, s) else 'n/a' for s in SCORES] for name in methods]
-  steer_rows = [[name, f'{on_target["honest", name, "logit"]:.0f}',
-                 f'{on_target["steered", name, "logit"]:.0f}',
-                 f'{on_target["paper", name, "logit"]:.0f}'] for name in methods]
+  hires_gap = None
+  if {'grad_cam', 'hires_cam'} <= set(methods):
+    ref = heat['honest', 'grad_cam', 'logit']
+    hires_gap = float(np.abs(heat['honest', 'hires_cam', 'logit'] - ref).max()
+                      / max(np.abs(ref).max(), 1e-30))
   grid = figures.heatmap_grid(
       np.asarray(x[:3]), {f'{m} {i}': [heat[m, name, 'logit'][i] for name in methods]
                           for i in range(3) for m in ('honest', 'steered', 'paper')},
       list(methods), os.path.join(workdir, 'heatmaps.png'))
-
-  det_rows, curve = detection(c, model, stacked, x[:c.num_audit], evidence[:c.num_audit], mask,
-                              key)
+  curve = detection(c, model, stacked, x[:c.num_audit], evidence[:c.num_audit], mask, key)
   lap('detection')
-  fixed = [(k, auc) for k, adaptive, auc, _ in curve if not adaptive]
   auc_fig = figures.line_plot(
-      {'audit ROC AUC': fixed}, os.path.join(workdir, 'detection_auc.png'), xlabel='strength K',
-      ylabel='audit ROC AUC', logx=True,
-      title=f'{c.num_seeds} honest vs {c.num_seeds} manipulated seeds (adaptive: at x = λ)',
-      points={f'adaptive λ={k:g}': (k, auc) for k, adaptive, auc, _ in curve if adaptive})
-  moved = [(f'λ={k:g} adaptive' if adaptive else f'K={k:g}', auc, d)
-           for k, adaptive, auc, d in curve if d > 20]
+      {'audit ROC AUC': [(d['strength'], d['auc']) for d in curve if not d['adaptive']]},
+      os.path.join(workdir, 'detection_auc.png'), xlabel='strength K', ylabel='audit ROC AUC',
+      logx=True, title=f'{c.num_seeds} honest vs {c.num_seeds} manipulated seeds (adaptive: '
+      'at x = λ)', points={f'adaptive λ={d["strength"]:g}': (d['strength'], d['auc'])
+                           for d in curve if d['adaptive']})
   rel = lambda p: os.path.relpath(p, workdir)
-  body = '\n\n'.join([
-      f'{c.num_seeds} seeds of {c.model} {dict(c.model_kwargs)} trained on `shapes` '
-      f'({size}×{size}, {c.num_steps} steps of batch {c.batch_size}) as one sweep (strategy '
-      f'{c.strategy!r}); test accuracy over {len(test["label"])} images: '
-      f'{seed_accuracy.mean():.3f} ± {seed_accuracy.std():.3f} (min {seed_accuracy.min():.3f}, '
-      f'max {seed_accuracy.max():.3f}; chance {1 / test_data.num_classes:.3f}). Tables use seed '
-      f'{c.seed} on {c.num_eval} test images, explaining the predicted class. Target mask M = '
-      f'top-left {size // 4}×{size // 4} pixels. K = {c.strength:g} unless stated.',
-      '**Predictions are unchanged** (max |Δp| over images and classes; mean |t| = the shift '
-      'added to every logit). In float32 the logits z + t carry t\'s rounding, about '
-      '6e-8·|t|, which reaches the probabilities: this is the only way the manipulation shows '
-      'in post-softmax quantities (e.g. occlusion of the probability, which differences '
-      'probabilities, can move by a few points at large K):',
-      markdown.table(['manipulation', 'max |Δp| float64', 'max |Δp| float32', 'mean |t|',
-                      'accuracy honest', 'accuracy manipulated', 'same prediction'], inv),
-      '**Pointing game on the ground-truth evidence masks (%)**, honest → steered, per score. '
-      'Pre-softmax (logit) maps follow the manipulation; post-softmax scores are immune by '
-      'construction (Σ_j ∂S/∂z_j = 0):',
-      markdown.table(['method'] + list(SCORES), loc_rows),
-      '**Pointing into the target mask M (%)**, logit score: honest, steered, and the '
-      "paper's construction t = K·Σ_k A[0,0,k]. Pooled Grad-CAM averages the added gradient "
-      'over all cells, so its map becomes the channel sum Σ_k A_k, not a top-left spot; the '
-      'un-pooled HiResCAM (gradient ⊙ activation) does peak in the top-left cell, as do the '
-      "input-gradient methods (the cell's receptive field): the paper's top-left heatmaps "
-      'are what these methods show. (On the honest model HiResCAM equals Grad-CAM: the tap '
-      'feeds global average pooling and a linear head, so ∂z/∂A_ijk = W_k/(hw) is the same '
-      'in every cell; the two differ exactly when t reads single cells.)',
-      markdown.table(['method', 'honest', 'steered', 'paper construction'], steer_rows),
-      f'![heatmaps]({rel(grid)})',
-      f'**Detection**: audit model score (class collapse, pre/post-softmax and cross-method '
-      f'disagreement; `lib.attribution.audit`) of {c.num_seeds} honest and {c.num_seeds} '
-      f'manipulated seeds on {c.num_audit} images each; pointing (%) of logit saliency and '
-      'Grad-CAM on the evidence masks, mean over seeds:',
-      markdown.table(['setting', 'saliency pointing', 'Grad-CAM pointing', 'honest score',
-                      'manipulated score', 'ROC AUC'], det_rows),
-      'Settings that move the pointing game by more than 20 points: '
-      + (', '.join(f'{k} (AUC {a:.3f}, drop {d:.0f})' for k, a, d in moved) or 'none') + '.',
-      f'![detection]({rel(auc_fig)})',
-      'Wall time of each stage: ' + ', '.join(f'{k} {v:.0f} s' for k, v in stage_s.items())
-      + '.'])
-  return markdown.Section('Explanation integrity (Lerma & Lucas 2023)', body)
+  return Results(c, len(test['label']), test_data.num_classes, np.asarray(seed_accuracy),
+                 tuple(methods), {n: m.scores for n, m in methods.items()}, inv,
+                 pointing(heat, evidence),
+                 pointing(heat, np.broadcast_to(mask, evidence.shape)), hires_gap, curve,
+                 {'heatmaps': rel(grid), 'detection': rel(auc_fig)}, stage_s)
+
+
+def run(c: ml_collections.ConfigDict, workdir: str) -> markdown.Section:
+  """Checks the config, trains, measures; returns the report section."""
+  return report.section(measure(c, workdir))

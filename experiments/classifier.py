@@ -17,6 +17,7 @@ Launch:
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +27,7 @@ import numpy as np
 from lib import data as data_lib
 from lib import models
 from lib import train
+from lib import validate
 from lib.report import figures, markdown
 from lib.report.writer import read_metrics
 
@@ -46,6 +48,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.optimizer = 'sgd'
   c.learning_rate = 0.05
   c.weight_decay = 5e-4
+  c.momentum = 0.9  # sgd only
+  c.label_smoothing = 0.0
   c.warmup_steps = 50
   c.batch_size = 128
   c.num_steps = 3000
@@ -83,25 +87,64 @@ def load_data(c: ml_collections.ConfigDict, split: str):
                               **kwargs)
 
 
+_INTS = {'image_size': 1, 'batch_size': 1, 'num_steps': 1, 'warmup_steps': 0, 'seed': 0,
+         'data_seed': 0, 'pad': 0, 'checkpoint_every': 1, 'log_every': 1, 'eval_every': 1,
+         'num_train': 0}  # field -> smallest allowed value
+
+
+def validate_config(c: ml_collections.ConfigDict) -> None:
+  """Checks every classifier field of `c` (extra fields of a derived config are ignored).
+
+  Runs before anything is built or trained, so a bad value fails in a second, not after
+  the first training steps. Names the field and what was expected in a `ValueError`.
+  """
+  for name in ('dataset', 'model', 'data_dir'):
+    if not isinstance(c[name], str):
+      raise ValueError(f'config.{name} must be a string; got {c[name]!r}.')
+  validate.check_choice(c.optimizer, ('sgd', 'adamw'), 'config.optimizer')
+  for name, minimum in _INTS.items():
+    validate.check_int(c[name], f'config.{name}', minimum=minimum)
+  if c.warmup_steps >= c.num_steps:
+    raise ValueError(f'config.warmup_steps must be below config.num_steps={c.num_steps}; '
+                     f'got {c.warmup_steps}.')
+  validate.check_number(c.learning_rate, 'config.learning_rate', low=0.0)
+  validate.check_positive(c.learning_rate, 'config.learning_rate')
+  validate.check_number(c.weight_decay, 'config.weight_decay', low=0.0)
+  validate.check_number(c.momentum, 'config.momentum', low=0.0, high=1.0, high_inclusive=False)
+  validate.check_number(c.label_smoothing, 'config.label_smoothing', low=0.0, high=1.0,
+                        high_inclusive=False)
+  validate.check_bool(c.flip, 'config.flip')
+  if not isinstance(c.model_kwargs, ml_collections.ConfigDict):
+    raise ValueError(f'config.model_kwargs must be a ConfigDict of model options; got '
+                     f'{c.model_kwargs!r}.')
+
+
+def step_options(c: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The keyword options of `lib.train.train_step` for config `c`."""
+  return {'flip': c.flip, 'pad': c.pad, 'loss_fn': train.SoftmaxCrossEntropy(c.label_smoothing)}
+
+
 def build(c: ml_collections.ConfigDict):
-  """(train data, test data, model, optimizer) for config `c`."""
+  """(train data, test data, model, optimizer) for config `c` (validated first)."""
+  validate_config(c)
   train_data, test_data = load_data(c, 'train'), load_data(c, 'test')
   model = models.get_model(c.model, input_shape=train_data.image_shape,
                            num_classes=train_data.num_classes, **c.model_kwargs.to_dict())
   optimizer = train.make_optimizer(name=c.optimizer, learning_rate=c.learning_rate,
                                    num_steps=c.num_steps, warmup_steps=c.warmup_steps,
-                                   weight_decay=c.weight_decay)
+                                   momentum=c.momentum, weight_decay=c.weight_decay)
   return train_data, test_data, model, optimizer
 
 
 def run(c: ml_collections.ConfigDict, workdir: str) -> markdown.Section:
   """Trains (resuming from `workdir`), evaluates, writes figures; returns the report section."""
+  validate_config(c)
   train_data, test_data, model, optimizer = build(c)
   state = train.fit(model=model, optimizer=optimizer, train_data=train_data,
                     eval_data=test_data, num_steps=c.num_steps, batch_size=c.batch_size,
                     seed=c.seed, workdir=workdir, checkpoint_every=c.checkpoint_every,
                     log_every=c.log_every, eval_every=c.eval_every,
-                    step_options={'flip': c.flip, 'pad': c.pad})
+                    step_options=step_options(c))
   records = read_metrics(os.path.join(workdir, 'metrics.jsonl'))
   final = [r for r in records if 'eval_accuracy' in r][-1]
   curves = figures.training_curves(records, os.path.join(workdir, 'training_curves.png'))
@@ -115,14 +158,18 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> markdown.Section:
       colors=['green' if p == y else 'red' for p, y in zip(pred, batch['label'])])
   n_params = sum(x.size for x in jax.tree.leaves(state.variables['params']))
   rel = lambda p: os.path.relpath(p, workdir)
-  body = '\n\n'.join([
-      f'{c.model} ({n_params:,} parameters) trained on `{c.dataset}` '
+  final_loss = [r for r in records if 'loss' in r][-1]['loss']
+  return markdown.Section(
+      'Classifier',
+      body=f'{c.model} ({n_params:,} parameters) trained on `{c.dataset}` '
       f'({len(train_data)} train / {len(test_data)} test images of shape '
       f'{train_data.image_shape}) for {c.num_steps} steps of batch {c.batch_size}, '
       f'{c.optimizer} with peak learning rate {c.learning_rate}, seed {c.seed}.',
-      markdown.table(['metric', 'value'], [
-          ['test accuracy', final['eval_accuracy']], ['test loss', final['eval_loss']],
-          ['final train loss', [r for r in records if 'loss' in r][-1]['loss']]]),
-      f'![training curves]({rel(curves)})',
-      f'Test images, predicted (true) class; red = wrong:\n\n![samples]({rel(samples)})'])
-  return markdown.Section('Classifier', body)
+      blocks=[
+          markdown.Table('', ['metric', 'value'], [
+              ['test accuracy', final['eval_accuracy']], ['test loss', final['eval_loss']],
+              ['final train loss', final_loss]]),
+          markdown.Figure('', rel(curves)),
+          markdown.Figure('Test images, predicted (true) class; red = wrong:', rel(samples))],
+      headline={'test accuracy': f"{final['eval_accuracy']:.4f}",
+                'chance accuracy': f'{1 / test_data.num_classes:.4f}'})

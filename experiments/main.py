@@ -1,10 +1,27 @@
-"""The main job: every study at the chosen scale, one report.
+"""The main job: every study at the scale chosen per study, one report.
 
-Each study runs in `workdir/<study>` and contributes one section to `workdir/report.md`.
-Re-running resumes every study from its checkpoints.
+Each study runs in `workdir/<study>` and contributes one section to `workdir/report.md`,
+which opens with a table of every study's headline figures. Re-running resumes every study
+from its checkpoints.
 
-Launch (the README's first command does this at `runlocal` scale):
+The config argument picks each study's variant (the variants a study accepts are listed in
+its module docstring). It is a comma-separated list of items:
+
+  VARIANT            shared: every study not named below gets VARIANT ('' = full scale)
+  STUDY=V1+V2        STUDY gets exactly the variants V1,V2 (its own argument, with '+' for
+                     ',') instead of the shared ones; 'STUDY=' is STUDY at full scale
+
+Examples:
+  runlocal                          every study at runlocal scale (2 CPU cores, minutes)
+  (empty)                           every study at full scale
+  classifier=cifar10                the classifier on CIFAR-10, every other study full scale
+  runlocal,classifier=cifar10+wrn   WRN-28-10 on CIFAR-10, every other study at runlocal
+
+Launch (the README's first command does the first one):
   python -m launch.run --config=experiments/main.py:runlocal --workdir=workdirs/main
+  python -m launch.run --config=experiments/main.py --workdir=workdirs/main_full
+  python -m launch.run --config=experiments/main.py:classifier=cifar10 \
+      --workdir=workdirs/main_c10 --config.classifier.data_dir=~/tensorflow_datasets
 """
 
 from __future__ import annotations
@@ -18,14 +35,56 @@ import ml_collections
 from lib.report import markdown
 
 STUDIES = ('classifier', 'attribution_integrity')
+# Keys a relaunch may change without starting over: those any study declares resumable.
+RESUMABLE_KEYS = tuple(sorted({k for name in STUDIES for k in getattr(
+    importlib.import_module(f'experiments.{name}'), 'RESUMABLE_KEYS', ())}))
+
+
+def study_args(arg: str) -> dict[str, str]:
+  """Each study's own config argument for the main job's `arg` (see module docstring).
+
+  Args:
+    arg: comma-separated shared variants and `study=v1+v2` items.
+
+  Returns:
+    study name -> the argument of its `get_config` (comma-separated variants), for every
+    study of `STUDIES`.
+
+  Raises:
+    ValueError: an item names an unknown study, or names one study twice.
+  """
+  shared, own = [], {}
+  for item in filter(None, arg.split(',')):
+    if '=' not in item:
+      shared.append(item)
+      continue
+    name, variants = item.split('=', 1)
+    if name not in STUDIES:
+      raise ValueError(f'config argument {arg!r} names unknown study {name!r}; expected any of '
+                       f'{list(STUDIES)}.')
+    if name in own:
+      raise ValueError(f'config argument {arg!r} names study {name!r} twice; give all its '
+                       f"variants in one item, joined by '+' (e.g. {name}=runlocal+digits).")
+    own[name] = variants.replace('+', ',')
+  return {name: own.get(name, ','.join(shared)) for name in STUDIES}
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  """One sub-config per study, each built with the same variant argument."""
+  """One sub-config per study, each built with its own variant argument (`study_args`).
+
+  Raises:
+    ValueError: `arg` is malformed, or a study rejects its variant (the message names the
+      study and repeats the study's list of valid variants).
+  """
   c = ml_collections.ConfigDict()
   c.studies = ','.join(STUDIES)
-  for name in STUDIES:
-    c[name] = importlib.import_module(f'experiments.{name}').get_config(arg)
+  for name, study_arg in study_args(arg).items():
+    try:
+      c[name] = importlib.import_module(f'experiments.{name}').get_config(study_arg)
+    except ValueError as e:
+      raise ValueError(
+          f'config argument {arg!r}: study {name!r} rejects its variant {study_arg!r}: {e} '
+          f"Give a study its own variants with '{name}=V1+V2' (see experiments/main.py).") from e
   return c
 
 
@@ -34,7 +93,8 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> str:
   names = [s for s in c.studies.split(',') if s]
   for name in names:
     if name not in STUDIES:
-      raise ValueError(f'config.studies has unknown study {name!r}; expected any of {list(STUDIES)}.')
+      raise ValueError(f'config.studies has unknown study {name!r}; expected any of '
+                       f'{list(STUDIES)}.')
   sections, timings = [], []
   for name in names:
     start = time.time()
@@ -42,9 +102,9 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> str:
                                                                  os.path.join(workdir, name))
     sections.append(section.relocated(name))
     timings.append([name, f'{time.time() - start:.0f} s'])
-  preamble = ('Every study of the project at the scale of this config. Wall time of each '
-              'study in this run (a resumed run counts only what it redid):\n\n'
-              + markdown.table(['study', 'wall time'], timings))
+  preamble = ('Every study of the project at the scale of this config (`config.json` in this '
+              'directory). Wall time of each study in this run (a resumed run counts only what '
+              'it redid):\n\n' + markdown.table(['study', 'wall time'], timings))
   return markdown.write_report(os.path.join(workdir, 'report.md'),
                                'Security of foundation models: report', sections,
                                preamble=preamble)

@@ -19,3 +19,12 @@ if [ "$(cat "$_stamp" 2>/dev/null)" != "$_hash" ]; then
 fi
 export PATH="$VENV/bin:$PATH"
 export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
+# XLA:CPU sends a lone convolution to YNNPACK by default; on this project's CPUs that path is
+# slower than XLA's own (Eigen) convolution (measured by `python -m launch.bench --only=pgd`;
+# see the README), so take it out of YNNPACK's fusion types. The flag only concerns the CPU
+# backend (jax >= 0.10.2 accepts it; an unknown flag would abort every JAX process). A value
+# the user already set in XLA_FLAGS wins.
+case "${XLA_FLAGS:-}" in
+  *xla_cpu_experimental_ynn_fusion_type*) ;;
+  *) export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_cpu_experimental_ynn_fusion_type=-individual_convolution" ;;
+esac

@@ -1,4 +1,4 @@
-r"""Benchmarks: `python -m launch.bench [--only=sweep,resnet,flops,conv,attribution] [--quick]`.
+r"""Benchmarks: `python -m launch.bench [--only=sweep,resnet,flops,conv,attribution,pgd] [--quick]`.
 
   (a) sweep:  N seeds of the small CNN as one vmapped program (`lib.sweep`) vs the same seeds
               trained one after another, N = 1, 4, 16, 64 (steps*seeds/s and their ratio).
@@ -8,9 +8,17 @@ r"""Benchmarks: `python -m launch.bench [--only=sweep,resnet,flops,conv,attribut
               of a matmul peak measured in the same run.
   (d) conv:   one convolution's forward, input gradient and kernel gradient at the top
               level, under vmap over seeds, inside lax.scan and lax.map (where (a) loses
-              its time), with a candidate fix for the kernel gradient.
+              its time), XLA's own gradients vs `lib.models.conv`'s.
   (e) attribution: integrated gradients (50 steps), Grad-CAM, SmoothGrad (25 samples) and
               saliency, `lib.attribution` vs Captum on the same CNN and batch (images/s).
+  (f) pgd:    PGD-20 on the 3-conv CNN (batch 128), torchattacks vs JAX with XLA's own
+              convolution gradients or `lib.models.conv`, each without and with the
+              YNNPACK flag of launch/_env.sh (images/s).
+
+XLA runs with launch/_env.sh's flag (`--noynn_flag` for XLA's defaults). `--plain_conv` runs
+every benchmark with the models' convolutions as they were before
+`lib.models.conv` (`lax.conv_general_dilated` and XLA's own gradients), for before/after
+figures; (f) always shows both.
 
 Every timing excludes compilation (reported separately), blocks until results are ready
 (each step's metrics are read back to the host, as the training loop does), and is the
@@ -26,6 +34,7 @@ of the device count; other N are skipped).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -33,7 +42,8 @@ import time
 
 from absl import app, flags
 
-_ONLY = flags.DEFINE_list('only', ['sweep', 'resnet', 'flops', 'conv', 'attribution'], 'Benchmarks to run.')
+_ONLY = flags.DEFINE_list('only', ['sweep', 'resnet', 'flops', 'conv', 'attribution', 'pgd'],
+                          'Benchmarks to run.')
 _QUICK = flags.DEFINE_bool('quick', False, 'Smoke run: small configurations, few repeats.')
 _OUT = flags.DEFINE_string('out', 'workdirs/bench/bench.json', 'JSON results path (bench.md beside it).')
 _DATA = flags.DEFINE_enum('data', 'synthetic', ['synthetic', 'shapes'],
@@ -43,8 +53,12 @@ _RESNET_BATCH = flags.DEFINE_integer('resnet_batch', 32, 'ResNet batch size.')
 _REPEATS = flags.DEFINE_integer('repeats', None, 'Timed repeats (default per benchmark).')
 _TORCH_COMPILE = flags.DEFINE_bool('torch_compile', False, 'Also time torch.compile (slow to compile on CPU).')
 _PRECISION = flags.DEFINE_string('matmul_precision', 'highest', 'jax_default_matmul_precision.')
+_YNN = flags.DEFINE_bool('ynn_flag', True, 'Run with launch/_env.sh\'s XLA flag (XLA\'s own CPU '
+                         'convolutions instead of YNNPACK\'s) unless XLA_FLAGS sets it already.')
+_PLAIN_CONV = flags.DEFINE_bool('plain_conv', False, 'Trace convolutions as before lib.models.conv '
+                                "(lax.conv_general_dilated, XLA's own gradients): 'before' figures.")
 
-BENCHMARKS = ('sweep', 'resnet', 'flops', 'conv', 'attribution')
+BENCHMARKS = ('sweep', 'resnet', 'flops', 'conv', 'attribution', 'pgd')
 
 
 def _settings(quick: bool) -> dict:
@@ -59,6 +73,7 @@ def _settings(quick: bool) -> dict:
         'conv': dict(seeds=2, loop=2, warmup=0, repeats=1, train_step=False),
         'attribution': dict(batch_size=4, image_size=16, widths=(8, 16, 32), ig_steps=8,
                             sg_samples=4, warmup=1, repeats=2),
+        'pgd': dict(batch_size=16, steps=5, warmup=0, repeats=1),
     }
   return {
       'sweep': dict(num_seeds=(1, 4, 16, 64), sweep_steps={1: 10, 4: 4, 16: 2, 64: 1}, seq_seeds=4,
@@ -68,6 +83,7 @@ def _settings(quick: bool) -> dict:
       'conv': dict(seeds=4, loop=2, warmup=1, repeats=2, train_step=True),
       'attribution': dict(batch_size=32, image_size=32, widths=(16, 32, 64), ig_steps=50,
                           sg_samples=25, warmup=1, repeats=5),
+      'pgd': dict(batch_size=128, steps=20, warmup=1, repeats=3),
   }
 
 
@@ -80,10 +96,14 @@ def main(argv):
   unknown = set(_ONLY.value) - set(BENCHMARKS)
   if unknown:
     raise app.UsageError(f'--only takes {",".join(BENCHMARKS)}; got {sorted(unknown)}.')
+  from launch import bench_common as common  # pylint: disable=g-import-not-at-top
+  # No JAX backend has started yet, so XLA still reads a flag added here.
+  xla_flags = os.environ.get('XLA_FLAGS', '')
+  if _YNN.value and 'xla_cpu_experimental_ynn_fusion_type' not in xla_flags:
+    os.environ['XLA_FLAGS'] = f'{xla_flags} {common.YNN_FLAG}'.strip()
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_default_matmul_precision', _PRECISION.value)
-  from launch import bench_common as common  # pylint: disable=g-import-not-at-top
-  from launch import bench_attribution, bench_conv, bench_flops, bench_resnet, bench_sweep  # pylint: disable=g-import-not-at-top
+  from launch import bench_attribution, bench_conv, bench_flops, bench_pgd, bench_resnet, bench_sweep  # pylint: disable=g-import-not-at-top
 
   settings = _settings(_QUICK.value)
   if _SEEDS.value:
@@ -106,26 +126,31 @@ def main(argv):
             'resnet': '(b) ResNet-18 training step: JAX vs PyTorch',
             'flops': '(c) Achieved FLOP/s vs measured matmul peak',
             'conv': '(d) One convolution at top level, under vmap, in loops',
-            'attribution': '(e) Attribution methods: lib.attribution vs Captum'}
-  for name in BENCHMARKS:
-    if name not in _ONLY.value:
-      continue
-    t0 = time.perf_counter()
-    if name == 'sweep':
-      results[name] = bench_sweep.run(data=_DATA.value, log=_log, **settings['sweep'])
-    elif name == 'resnet':
-      results[name] = bench_resnet.run(log=_log, **settings['resnet'])
-    elif name == 'flops':
-      results[name] = bench_flops.run(previous=results, log=_log, **settings['flops'])
-    elif name == 'conv':
-      results[name] = bench_conv.run(log=_log, **settings['conv'])
-    else:
-      results[name] = bench_attribution.run(log=_log, **settings['attribution'])
-    results[name]['wall_s'] = time.perf_counter() - t0
-    print(f'\n## {titles[name]}\n\n{results[name]["table"]}\n')
-    for note in results[name]['notes']:
-      print(f'- {note}')
-    print(flush=True)
+            'attribution': '(e) Attribution methods: lib.attribution vs Captum',
+            'pgd': '(f) PGD on the 3-conv CNN: torchattacks vs JAX by convolution path and XLA flag'}
+  env['plain_conv'] = _PLAIN_CONV.value
+  with common.plain_convolutions() if _PLAIN_CONV.value else contextlib.nullcontext():
+    for name in BENCHMARKS:
+      if name not in _ONLY.value:
+        continue
+      t0 = time.perf_counter()
+      if name == 'sweep':
+        results[name] = bench_sweep.run(data=_DATA.value, log=_log, **settings['sweep'])
+      elif name == 'resnet':
+        results[name] = bench_resnet.run(log=_log, **settings['resnet'])
+      elif name == 'flops':
+        results[name] = bench_flops.run(previous=results, log=_log, **settings['flops'])
+      elif name == 'conv':
+        results[name] = bench_conv.run(log=_log, **settings['conv'])
+      elif name == 'pgd':
+        results[name] = bench_pgd.run(log=_log, **settings['pgd'])
+      else:
+        results[name] = bench_attribution.run(log=_log, **settings['attribution'])
+      results[name]['wall_s'] = time.perf_counter() - t0
+      print(f'\n## {titles[name]}\n\n{results[name]["table"]}\n')
+      for note in results[name]['notes']:
+        print(f'- {note}')
+      print(flush=True)
 
   env['load_average_at_end'] = common.load_average()
   env['total_wall_s'] = time.perf_counter() - start
@@ -163,6 +188,9 @@ def _markdown(env: dict, results: dict, titles: dict) -> str:
           f'{env["device_count"]} {env["backend"]} device(s) ({env["device_kind"]}), '
           f'{env["cpu_count"]} CPU cores, float32. Load average {env["load_average_at_start"]} '
           f'at start, {env["load_average_at_end"]} at end.\n')
+  if env.get('plain_conv'):
+    head += ('\nConvolutions traced as before `lib.models.conv` (`--plain_conv`): '
+             "`lax.conv_general_dilated` with XLA's own gradients.\n")
   if _busy(env):
     head += ('\n**The machine was shared** (load average above the core count): absolute rates '
              'are low; ratios come from interleaved repeats and stay comparable.\n')

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+# The XLA flag of launch/_env.sh (XLA's own convolutions instead of YNNPACK's on CPU).
+YNN_FLAG = '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
 
 
 class Timing(NamedTuple):
@@ -62,6 +66,28 @@ def time_interleaved(runs: dict[str, Callable[[], int]], *, warmup: int,
       samples[name].append((time.perf_counter() - start) / n)
       units[name] = n
   return {k: Timing(statistics.median(v), tuple(v), units[k]) for k, v in samples.items()}
+
+
+@contextlib.contextmanager
+def plain_convolutions() -> Iterator[None]:
+  """Inside the block, models trace `lib.models.layers.conv_op` as it was before
+  `lib.models.conv`: `lax.conv_general_dilated` with XLA's own gradients.
+
+  For before/after figures only (`launch.bench --plain_conv`, `launch.bench_pgd`): it
+  affects what is traced (jitted) inside the block, in this process.
+  """
+  from lib.models import layers  # pylint: disable=g-import-not-at-top
+
+  def plain(x, kernel, bias, *, strides=1, padding='SAME'):
+    y = jax.lax.conv_general_dilated(x, kernel, (strides, strides), padding,
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return y if bias is None else y + bias
+
+  fast, layers.conv_op = layers.conv_op, plain
+  try:
+    yield
+  finally:
+    layers.conv_op = fast
 
 
 def compile_timed(jitted: Any, *args: Any) -> tuple[Any, float]:

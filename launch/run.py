@@ -4,6 +4,12 @@ The config file is the experiment module: its `get_config(arg)` builds the confi
 any field with `--config.field=value`; typos are refused) and its `run(config, workdir)`
 runs it. Relaunching the same command resumes from the newest checkpoint in the workdir.
 
+The workdir's config.json records the run's config. A relaunch with a different config is
+refused, with the differing keys listed, unless only resumable keys changed (num_steps,
+log_every, eval_every, checkpoint_every, and any the experiment module lists in a
+`RESUMABLE_KEYS` tuple; see `lib.run_config`). `--restart` moves the old run into
+`WORKDIR/.previous-<time>` (nothing is deleted) and starts over.
+
 Multi-host (TPU pods, multi-node GPU): add `--distributed` on every process, which calls
 `jax.distributed.initialize()` (arguments auto-detected on TPU, SLURM and Kubernetes, or
 given with --coordinator_address/--num_processes/--process_id). Only process 0 writes logs
@@ -13,7 +19,6 @@ and reports.
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging as std_logging
 import os
 import sys
@@ -24,6 +29,10 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, report.')
+_RESTART = flags.DEFINE_bool('restart', False,
+                             'Move the run already in --workdir (checkpoints, metrics, report) '
+                             'into WORKDIR/.previous-<time> and start over, instead of '
+                             'resuming it; needed to relaunch a workdir with another config.')
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize().')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
@@ -68,17 +77,17 @@ def main(argv):
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value)
+  from lib import run_config  # pylint: disable=g-import-not-at-top
   from lib.report import markdown  # pylint: disable=g-import-not-at-top
   config, workdir = _CONFIG.value, _WORKDIR.value
   logging.info('process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
   module = _experiment_module(config_flags.get_config_filename(flags.FLAGS['config']))
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(json.dumps(config.to_dict(), indent=2, default=str))
+  run_config.prepare_workdir(
+      workdir, config, restart=_RESTART.value,
+      resumable=run_config.RESUMABLE + tuple(getattr(module, 'RESUMABLE_KEYS', ())))
   result = module.run(config, workdir)
-  if isinstance(result, markdown.Section) and jax.process_index() == 0:
+  if isinstance(result, markdown.Section):  # write_report writes on process 0 only
     result = markdown.write_report(os.path.join(workdir, 'report.md'), result.title, [result])
   if result:
     print(f'report: {result}', file=sys.stderr)

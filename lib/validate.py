@@ -86,3 +86,66 @@ def check_positive(value: Any, name: str, *, allow_zero: bool = False) -> None:
   ok = value >= 0 if allow_zero else value > 0
   if not np.isscalar(value) or not ok:
     raise ValueError(f'{name} must be a {"non-negative" if allow_zero else "positive"} number; got {value!r}.')
+
+
+def check_int(value: Any, name: str, *, minimum: int | None = None) -> None:
+  """Raises ValueError unless `value` is an integer (not a bool), at least `minimum` if given."""
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    raise ValueError(f'{name} must be an integer; got {value!r} ({type(value).__name__}).')
+  if minimum is not None and value < minimum:
+    raise ValueError(f'{name} must be an integer >= {minimum}; got {value!r}.')
+
+
+def check_ints(values: Any, name: str, *, minimum: int | None = None,
+               length: int | None = None) -> None:
+  """Raises ValueError unless `values` is a non-empty sequence of integers (see `check_int`).
+
+  Args:
+    values: the sequence (a tuple or list; a string or a scalar is rejected).
+    name: the argument's name, for the message.
+    minimum: smallest allowed entry, or None.
+    length: required number of entries, or None for any non-zero number.
+  """
+  if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+    raise ValueError(f'{name} must be a non-empty sequence of integers; got {values!r}.')
+  if length is not None and len(values) != length:
+    raise ValueError(f'{name} must have {length} entries; got {len(values)} in {values!r}.')
+  for i, value in enumerate(values):
+    check_int(value, f'{name}[{i}]', minimum=minimum)
+
+
+def check_bool(value: Any, name: str) -> None:
+  """Raises ValueError unless `value` is a bool (a string such as 'no' is not one)."""
+  if not isinstance(value, (bool, np.bool_)):
+    raise ValueError(f'{name} must be True or False; got {value!r} ({type(value).__name__}).')
+
+
+def check_number(value: Any, name: str, *, low: float | None = None, high: float | None = None,
+                 high_inclusive: bool = True) -> None:
+  """Raises ValueError unless `value` is a finite real number (not a bool) in [low, high].
+
+  Args:
+    value: the number.
+    name: the argument's name, for the message.
+    low: inclusive lower bound, or None.
+    high: upper bound, or None.
+    high_inclusive: whether `high` itself is allowed.
+  """
+  if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number))
+      or not np.isfinite(value)):
+    raise ValueError(f'{name} must be a finite number; got {value!r}.')
+  above = high is not None and (value > high if high_inclusive else value >= high)
+  if (low is not None and value < low) or above:
+    bounds = f'[{low}, {high}{"]" if high_inclusive else ")"}'
+    raise ValueError(f'{name} must be in {bounds}; got {value!r}.')
+
+
+def check_key(key: Any, name: str = 'key') -> None:
+  """Raises ValueError unless `key` is one typed PRNG key (`jax.random.key(seed)`), shape ()."""
+  dtype = getattr(key, 'dtype', None)
+  if dtype is None or not jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    raise ValueError(f'{name} must be a typed PRNG key from jax.random.key(seed); got '
+                     f'{type(key).__name__} with dtype {dtype}.')
+  if key.shape != ():
+    raise ValueError(f'{name} must be a single key of shape (); got shape {tuple(key.shape)} '
+                     '(vmap over keys instead of passing a batch).')

@@ -27,8 +27,15 @@ def test_main_job_writes_report_with_every_study(tmp_path):
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-5000:]
   report = open(os.path.join(tmp_path, 'report.md')).read()
-  for heading in ('## Classifier', '## Explanation integrity', 'max |Δp| float64',
-                  'Pointing game', 'ROC AUC'):
+  # It opens with the summary of every study's headline figures (one row at least per study).
+  lines = report.split('\n')
+  assert lines[:4] == ['# Security of foundation models: report', '',
+                       '| study | figure | value |', '|---|---|---|']
+  summary = lines[4:lines.index('', 4)]
+  for study in ('Classifier', 'Explanation integrity'):
+    assert any(row.startswith(f'| {study}') for row in summary), summary
+  for heading in ('| study | wall time |', '## Classifier', '## Explanation integrity',
+                  'max \\|Δp\\| float64', 'Pointing game', 'ROC AUC'):
     assert heading in report
   for figure in ('classifier/training_curves.png', 'classifier/samples.png',
                  'attribution_integrity/heatmaps.png', 'attribution_integrity/detection_auc.png'):

@@ -99,11 +99,6 @@ def test_damaged_newest_checkpoint_falls_back_with_warning(tiny, tmp_path, caplo
     np.testing.assert_array_equal(a, b)
 
 
-def test_non_finite_loss_stops_with_clear_error(tiny, tmp_path):
-  with pytest.raises(train.NonFiniteLossError, match='loss became'):
-    _fit(tiny, str(tmp_path), num_steps=30, learning_rate=1e30)
-
-
 def test_metrics_and_tensorboard_written(tiny, tmp_path):
   _fit(tiny, str(tmp_path), num_steps=6)
   records = read_metrics(os.path.join(tmp_path, 'metrics.jsonl'))
@@ -162,3 +157,197 @@ def test_launcher_hides_library_info_logs_only():
   assert not keep(record(orbax, logging.INFO)) and not keep(record(jax_src, logging.INFO))
   assert keep(record(orbax, logging.WARNING)) and keep(record(jax_src, logging.ERROR))
   assert keep(record(ours, logging.INFO))
+
+
+def test_resume_logs_its_step_and_refuses_a_shorter_run(tiny, tmp_path, caplog):
+  workdir = str(tmp_path)
+  _fit(tiny, workdir, num_steps=4)
+  with caplog.at_level('INFO'):
+    _fit(tiny, workdir, num_steps=4)
+  assert any(f'resumed from step 4 of 4 in {workdir}' in r.getMessage() for r in caplog.records)
+  with pytest.raises(ValueError, match=r'num_steps=2 is below the step of the newest checkpoint'):
+    _fit(tiny, workdir, num_steps=2)
+
+
+def test_non_finite_loss_names_the_steps_and_last_checkpoint(tiny, tmp_path):
+  with pytest.raises(train.NonFiniteLossError,
+                     match=r'loss became NaN or Inf between steps \d+ and \d+.*last good'):
+    _fit(tiny, str(tmp_path), num_steps=30, learning_rate=1e30)
+
+
+def test_loop_reads_the_device_only_at_log_and_checkpoint_steps(tmp_path, monkeypatch):
+  """A generic state (not a TrainState); to_host runs at the 2 log steps, not every step."""
+  from lib.train import loop  # pylint: disable=g-import-not-at-top
+  calls = []
+  real = loop.to_host
+  monkeypatch.setattr(loop, 'to_host', lambda tree: calls.append(1) or real(tree))
+  step = jax.jit(lambda s, b: ({'x': s['x'] + b}, {'loss': s['x']}))
+  final = train.run_loop(init=lambda: {'x': jnp.zeros((), jnp.float32)}, step_fn=step,
+                         batch_fn=lambda i: jnp.float32(i), num_steps=6, workdir=str(tmp_path),
+                         checkpoint_every=3, log_every=3, progress=False)
+  assert float(final['x']) == 15.0
+  assert len(calls) == 4  # metrics + finiteness flag, at steps 3 and 6
+
+
+def test_resume_restores_into_an_abstract_target(tmp_path):
+  traced = []
+
+  def init():
+    x = jnp.zeros((2,), jnp.float32)
+    traced.append(isinstance(x, jax.core.Tracer))
+    return {'x': x}
+
+  step = jax.jit(lambda s, b: ({'x': s['x'] + b}, {'loss': jnp.sum(s['x'])}))
+  kw = dict(init=init, step_fn=step, batch_fn=lambda i: jnp.float32(1), workdir=str(tmp_path),
+            checkpoint_every=2, log_every=2, progress=False)
+  train.run_loop(num_steps=2, **kw)
+  assert traced == [False]
+  traced.clear()
+  final = train.run_loop(num_steps=4, **kw)
+  assert traced and all(traced)  # only jax.eval_shape called init
+  np.testing.assert_array_equal(final['x'], [4.0, 4.0])
+
+
+def test_progress_is_log_lines_when_stderr_is_not_a_terminal(caplog, capsys):
+  from lib.train.progress import Progress  # pylint: disable=g-import-not-at-top
+  with caplog.at_level('INFO'):
+    bar = Progress(total=4, initial=0, name='run', every_s=0.0)
+    for step in range(1, 5):
+      bar.update(step, 0.5 if step % 2 == 0 else None)
+    bar.close()
+  lines = [r.getMessage() for r in caplog.records if 'step' in r.getMessage()]
+  assert lines[0].startswith('run: step 2/4 loss 0.5,') and lines[0].endswith('s/step')
+  assert len(lines) == 2 and '\r' not in capsys.readouterr().err
+
+
+def _param_leaves(state):
+  return {'/'.join(str(k.key) for k in path): np.asarray(v) for path, v in
+          jax.tree_util.tree_flatten_with_path(state.variables['params'])[0]}
+
+
+def test_frozen_parameter_groups_do_not_move(tiny, tmp_path):
+  ds, model = tiny
+  first = sorted(_param_leaves(train.TrainState(0, model.init(jax.random.key(0)), None)))[0]
+  group = first.split('/')[0]
+  opt = train.make_optimizer(learning_rate=0.1, num_steps=4, weight_decay=0.1,
+                             frozen=(f'{group}/*',))
+  before = _param_leaves(jax.jit(train.init_state, static_argnums=(0, 1))(
+      model, opt, jax.random.split(jax.random.key(0))[0]))
+  after = _param_leaves(train.fit(model=model, optimizer=opt, train_data=ds, num_steps=4,
+                                  batch_size=16, seed=0, workdir=str(tmp_path), progress=False))
+  moved = {name for name in before if not np.array_equal(before[name], after[name])}
+  frozen = {name for name in before if name.startswith(f'{group}/')}
+  assert frozen and not moved & frozen
+  assert moved == set(before) - frozen
+
+
+def test_frozen_pattern_that_matches_nothing_is_refused(tiny):
+  _, model = tiny
+  opt = train.make_optimizer(learning_rate=0.1, num_steps=4, frozen=('encoder/*',))
+  with pytest.raises(ValueError, match="frozen pattern 'encoder/\\*' matches no parameter"):
+    opt.init(model.init(jax.random.key(0))['params'])
+  with pytest.raises(ValueError, match='frozen must be a sequence'):
+    train.make_optimizer(num_steps=4, frozen='encoder/*')
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    ({'weight_decay': -1e-4}, 'weight_decay'),
+    ({'momentum': -0.1}, 'momentum'),
+    ({'momentum': 1.0}, 'momentum'),
+    ({'learning_rate': float('nan')}, 'learning_rate'),
+    ({'learning_rate': float('inf')}, 'learning_rate'),
+    ({'learning_rate': '0.1'}, 'learning_rate'),
+    ({'num_steps': 10.5}, 'num_steps'),
+    ({'warmup_steps': 2.0}, 'warmup_steps'),
+])
+def test_make_optimizer_rejects_bad_numbers(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    train.make_optimizer(**{'num_steps': 10, **kwargs})
+
+
+@pytest.mark.parametrize('label_smoothing', [1.0, 1.5, -0.1, float('nan')])
+def test_label_smoothing_outside_unit_interval_is_refused(label_smoothing):
+  with pytest.raises(ValueError, match='label_smoothing'):
+    train.SoftmaxCrossEntropy(label_smoothing)
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    ({'seed': 1.5}, 'seed'),
+    ({'seed': '3'}, 'seed'),
+    ({'seed': -1}, 'seed'),
+    ({'batch_size': 16.0}, 'batch_size'),
+    ({'step_options': {'flip': 'no'}}, 'flip'),
+    ({'step_options': {'pad': -1}}, 'pad'),
+    ({'step_options': {'pad': 1.5}}, 'pad'),
+    ({'step_options': {'label_smoothing': 0.1}}, 'unknown keys'),
+    ({'learning_rate': -0.1}, 'learning_rate'),
+])
+def test_fit_rejects_bad_arguments_before_training(tiny, tmp_path, kwargs, match):
+  ds, model = tiny
+  kw = dict(model=model, optimizer=train.make_optimizer(num_steps=2), train_data=ds,
+            num_steps=2, batch_size=16, seed=0, workdir=str(tmp_path), progress=False)
+  with pytest.raises(ValueError, match=match):
+    train.fit(**{**kw, **kwargs})
+  assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))
+
+
+class _WithExtraFields:
+  """The digits split plus a per-example 'weight' (numeric) and 'caption' (text)."""
+
+  def __init__(self, ds):
+    self._ds = ds
+
+  def __len__(self):
+    return len(self._ds)
+
+  def __getattr__(self, name):
+    return getattr(self._ds, name)
+
+  def get(self, indices):
+    batch = self._ds.get(indices)
+    return {**batch, 'weight': np.ones(len(indices), np.float32),
+            'caption': np.array(['a digit'] * len(indices))}
+
+
+_SEEN_FIELDS = set()
+_TRACES = []
+
+
+def _weighted_loss(logits, batch):
+  """Weighted cross-entropy; records the fields it sees and counts its traces."""
+  _SEEN_FIELDS.update(batch)
+  _TRACES.append(1)
+  return train.SoftmaxCrossEntropy()(logits, batch) * batch['weight']
+
+
+def test_fit_passes_every_numeric_field_and_compiles_once_across_seeds(tiny, tmp_path):
+  ds, model = tiny
+  opt = train.make_optimizer(learning_rate=0.05, num_steps=2)
+  _SEEN_FIELDS.clear()
+  _TRACES.clear()
+  for seed in (0, 1):
+    train.fit(model=model, optimizer=opt, train_data=_WithExtraFields(ds), num_steps=2,
+              batch_size=16, seed=seed, workdir=str(tmp_path / str(seed)), progress=False,
+              step_options={'loss_fn': _weighted_loss})
+  assert {'image', 'label', 'weight'} <= _SEEN_FIELDS and 'caption' not in _SEEN_FIELDS
+  assert len(_TRACES) == 1
+
+
+class _CountingModel:
+  """Delegates to a model and counts how often `apply` is traced."""
+
+  def __init__(self, model):
+    self.model, self.traces = model, 0
+
+  def apply(self, variables, x, **kw):
+    self.traces += 1
+    return self.model.apply(variables, x, **kw)
+
+
+def test_evaluate_compiles_once_across_calls(tiny):
+  ds, model = tiny
+  counting = _CountingModel(model)
+  results = [train.evaluate(counting, model.init(jax.random.key(i)), ds, batch_size=512)
+             for i in range(3)]
+  assert counting.traces == 1
+  assert len({r['eval_loss'] for r in results}) == 3

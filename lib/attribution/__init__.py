@@ -1,9 +1,10 @@
 """Attribution kernels: methods, the softmax-invariant manipulation, agreement, metrics, audit.
 
 Every method has the signature `method(apply, params, x, target, *, score='logit', key=None,
-...) -> maps`, where `apply(params, x, **kw)` returns logits or an object with `.logits` and
-`.taps` (e.g. `lib.models.PureModel.apply`) and `score` picks what is explained: 'logit'
-(pre-softmax), 'probability', 'log_probability' or 'logit_difference' (see `scores`).
+...) -> maps`, where `apply(params, x, **kw)` follows `lib.contract` (it returns `Outputs`,
+a `(logits, taps)` tuple or bare logits; CAM methods need taps, LRP a `rules` keyword) and
+`score` picks what is explained: 'logit' (pre-softmax), 'probability', 'log_probability' or
+'logit_difference' (see `scores`). `registry` names them all.
 
 Modules:
   scores                 the explained score and the shared gradient helpers
@@ -11,19 +12,33 @@ Modules:
   integrated_gradients   Riemann and Gauss-Legendre IG with completeness delta
   smoothgrad             SmoothGrad / SmoothGrad² / VarGrad over any method
   gradcam                Grad-CAM, Grad-CAM++, HiResCAM at any named tap
-  lrp                    LRP rules (ε, γ, z⁺, αβ, flat, w², z^B) and composites
+  lrp                    LRP as modified gradients: `lrp`, `lrp_layer` (rules re-exported)
+  lrp_rules              LRP rules (ε, γ, z⁺, αβ, flat, w², z^B) and composites
   occlusion              sliding-window occlusion
-  manipulate             Lerma & Lucas's softmax-invariant manipulation and steering constructions
-  agreement              Krishna et al. agreement metrics, Spearman, SSIM
-  metrics                localisation, deletion/insertion, randomisation and class-sensitivity checks
+  registry               methods by name: function, supported scores, tap, stochastic
+  heatmaps               heatmaps of many methods × scores × models at once
+  manipulate             Lerma & Lucas's softmax-invariant manipulation (the wrapper)
+  constructions          the term t(x) of each construction, and the adaptive strengths
+  invariance             how far the manipulation moves the probabilities (float32, float64)
+  ranking                top-k and whole-ranking agreement (Krishna et al.), Spearman
+  similarity             SSIM of heatmaps
+  agreement              every agreement metric by name, and over all pairs of methods
+  localisation           pointing game, relevance mass / rank accuracy, `to_heatmap`
+  faithfulness           deletion / insertion curves
+  sanity                 model randomisation and class-sensitivity checks
+  metrics                localisation, faithfulness and sanity under one name
   audit                  per-input and model-level detection of the manipulation
 """
 
-from lib.attribution import (agreement, audit, gradcam, gradients, integrated_gradients, lrp,
-                             manipulate, metrics, occlusion, scores, smoothgrad)
+from lib.attribution import (agreement, audit, constructions, faithfulness, gradcam, gradients,
+                             heatmaps, integrated_gradients, invariance, localisation, lrp,
+                             lrp_rules, manipulate, metrics, occlusion, ranking, registry, sanity,
+                             scores, similarity, smoothgrad)
 from lib.attribution.gradcam import grad_cam, grad_cam_plus_plus, hires_cam
 from lib.attribution.gradients import gradient_x_input, saliency
 
-__all__ = ['agreement', 'audit', 'grad_cam', 'grad_cam_plus_plus', 'gradcam', 'gradient_x_input',
-           'gradients', 'hires_cam', 'integrated_gradients', 'lrp', 'manipulate', 'metrics', 'occlusion',
-           'saliency', 'scores', 'smoothgrad']
+__all__ = ['agreement', 'audit', 'constructions', 'faithfulness', 'grad_cam',
+           'grad_cam_plus_plus', 'gradcam', 'gradient_x_input', 'gradients', 'heatmaps',
+           'hires_cam', 'integrated_gradients', 'invariance', 'localisation', 'lrp', 'lrp_rules',
+           'manipulate', 'metrics', 'occlusion', 'ranking', 'registry', 'saliency', 'sanity',
+           'scores', 'similarity', 'smoothgrad']

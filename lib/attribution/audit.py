@@ -8,7 +8,7 @@ feature agreement FA_k(H1, H2) = |topk(H1) ∩ topk(H2)|/k (Krishna et al. 2022,
 Disagreement Problem", arXiv 2202.01602):
 
 1. **Class collapse.** t is the same for every class, so as it dominates, the logit maps of
-   ŷ and of a contrasting class o (the least likely one, `metrics.contrast_targets`) both
+   ŷ and of a contrasting class o (the least likely one, `sanity.contrast_targets`) both
    become ∇t: collapse_m = FA_k(H_m(ŷ), H_m(o)). An honest, class-discriminative method
    explains different classes differently (Adebayo et al. 2018; Selvaraju et al. 2017).
 2. **Pre/post-softmax disagreement.** A shift-invariant score (the logit difference
@@ -59,8 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lib import validate
-from lib.attribution import agreement, gradcam, gradients, integrated_gradients, metrics
-from lib.attribution import occlusion as occlusion_lib
+from lib.attribution import agreement, registry, sanity
 from lib.attribution import scores as scores_lib
 
 Array = jax.Array
@@ -122,25 +121,24 @@ def default_methods(tap: str, *, n_steps: int = 16) -> dict[str, Method]:
 
   Grad-CAM is taken without its final ReLU: a class whose map is all negative would
   otherwise give an all-zero map, whose top-k is decided by the tie rule (the first k
-  pixels), so two such maps would spuriously agree. Build the mapping once and reuse it
-  (its entries are static under jit).
+  pixels), so two such maps would spuriously agree. The methods are `registry.Method`s,
+  equal by value, so rebuilding the mapping reuses the compiled audit.
 
   Args:
     tap: the spatial tap Grad-CAM reads (e.g. 'conv3').
     n_steps: integrated-gradients quadrature nodes.
   """
   return {
-      'saliency': gradients.saliency,
-      'gradient_x_input': gradients.gradient_x_input,
-      'integrated_gradients': functools.partial(integrated_gradients.integrated_gradients,
-                                                n_steps=n_steps),
-      'grad_cam': functools.partial(gradcam.grad_cam, tap=tap, relu=False),
+      'saliency': registry.get('saliency'),
+      'gradient_x_input': registry.get('gradient_x_input'),
+      'integrated_gradients': registry.get('integrated_gradients').bind(n_steps=n_steps),
+      'grad_cam': registry.get('grad_cam').bind(tap=tap, relu=False),
   }
 
 
 def default_references(*, window: int = 4, stride: int = 2) -> dict[str, Method]:
   """Reference methods run on the post-softmax score: occlusion (Zeiler & Fergus 2014)."""
-  return {'occlusion': functools.partial(occlusion_lib.occlusion, window=window, stride=stride)}
+  return {'occlusion': registry.get('occlusion').bind(window=window, stride=stride)}
 
 
 def _heatmap(maps: Array) -> Array:
@@ -152,7 +150,7 @@ def _heatmap(maps: Array) -> Array:
                                              'immune_score', 'reference_score'))
 def _audit(apply, params, x, key, thresholds, *, methods, references, k, immune_score,
            reference_score):
-  top, other = metrics.contrast_targets(scores_lib.logits_of(apply(params, x)))
+  top, other = sanity.contrast_targets(scores_lib.logits_of(apply(params, x)))
 
   def heat(method, target, score):
     return _heatmap(method(apply, params, x, target, score=score, key=key))
@@ -197,13 +195,14 @@ def audit(apply: scores_lib.Apply, params: Any, x: Array, *, methods: Mapping[st
   comparisons see no noise difference).
 
   Args:
-    apply: the model, `apply(params, x, **kwargs)` -> logits [B, K] or an object with
-      `.logits` (and `.taps` for CAM methods). Static under jit.
+    apply: the model (`lib.contract`), `apply(params, x, **kwargs)` -> `Outputs`, a
+      `(logits, taps)` tuple or logits [B, K] (taps for CAM methods). Static under jit.
     params: its parameters (vmap over a stack of them to audit many seeds).
     x: [N, H, W, C] inputs.
     methods: name -> logit-based method `method(apply, params, x, target, *, score, key)`
-      (e.g. `default_methods(tap)`; `functools.partial(lrp.lrp, rules=...)` for LRP, which
-      needs immune_score='logit_difference'). Build once: entries are static under jit.
+      (e.g. `default_methods(tap)`; `registry.get('lrp_epsilon')` for LRP, which needs
+      immune_score='logit_difference'). Entries are static under jit: use `registry.Method`s
+      (equal by value) or reuse the same objects, or every call compiles anew.
     references: name -> method run on `reference_score` for the cross-method check (e.g.
       `default_references()`).
     key: typed PRNG key for stochastic methods, or None if none is.

@@ -30,6 +30,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from lib import contract
 from lib.attribution import scores as scores_lib
 
 Array = jax.Array
@@ -62,7 +63,7 @@ def _class_activation_map(apply, params, x, target, *, score, tap, weights_fn, r
   grad, outputs = scores_lib.score_grad(
       lambda delta: apply(params, x, perturb={tap: delta}),
       jnp.zeros(tap_aval.shape, tap_aval.dtype), target, score)
-  act = outputs.taps[tap]
+  act = outputs.taps[tap]  # `score_grad` returns `contract.Outputs`
   weights = weights_fn(grad, act)  # [B, c] per channel, or [B, h, w, c] per cell
   cam = (act * (weights[:, None, None] if weights.ndim == 2 else weights)).sum(-1)
   if relu:
@@ -72,24 +73,10 @@ def _class_activation_map(apply, params, x, target, *, score, tap, weights_fn, r
   return cam
 
 
-def _check_tap(outputs: Any, tap: str) -> None:
-  taps = getattr(outputs, 'taps', None)
-  if not isinstance(taps, dict):
-    raise ValueError('CAM methods need apply(params, x, perturb=...) to return an object with '
-                     '.logits and .taps (e.g. lib.models.Outputs); got '
-                     f'{type(outputs).__name__}.')
-  spatial = [name for name, a in taps.items() if a.ndim == 4]
-  if tap not in taps:
-    raise ValueError(f'tap={tap!r} is not a tap of this model; valid taps: {list(taps)} '
-                     f'(spatial [B, h, w, c]: {spatial}).')
-  if tap not in spatial:
-    raise ValueError(f'tap={tap!r} has shape {tuple(taps[tap].shape)}; CAM methods need a '
-                     f'spatial tap [B, h, w, c], one of {spatial}.')
-
-
-def _cam_method(weights_fn, apply, params, x, target, *, tap, score, relu, upsample):
+def _cam_method(weights_fn, needed_by, apply, params, x, target, *, tap, score, relu, upsample):
   outputs = scores_lib.check_inputs(apply, params, x, target, score)
-  _check_tap(outputs, tap)
+  scores_lib.check_tap(outputs, tap, needed_by=needed_by, spatial=True)
+  contract.require_keywords(apply, ('perturb',), needed_by=needed_by)
   return _class_activation_map(apply, params, x, target, score=score, tap=tap,
                                weights_fn=weights_fn, relu=relu, upsample=upsample)
 
@@ -103,8 +90,8 @@ def grad_cam(apply: scores_lib.Apply, params: Any, x: Array, target: Array, *, t
   Gradient-based Localization", Eq. 1-2.
 
   Args:
-    apply: `apply(params, x, perturb={tap: delta})` -> object with `.logits` [B, K] and
-      `.taps` (e.g. `lib.models.PureModel.apply`).
+    apply: `apply(params, x, perturb={tap: delta})` -> `Outputs(logits, taps)` or a
+      `(logits, taps)` tuple (`lib.contract`; e.g. `lib.models.PureModel.apply`).
     params: the model's parameters.
     x: [B, H, W, C] float inputs.
     target: [B] int classes to explain.
@@ -117,12 +104,16 @@ def grad_cam(apply: scores_lib.Apply, params: Any, x: Array, target: Array, *, t
   Returns:
     [B, H, W] maps (or [B, h, w] with `upsample=False`).
 
+  Raises:
+    ValueError: bad inputs; an `apply` without taps or without a `perturb` keyword; an
+      unknown or non-spatial tap (the valid ones are listed).
+
   Example:
     >>> cams = grad_cam(model.apply, variables, x, labels, tap='conv3')
   """
   del key
-  return _cam_method(grad_cam_weights, apply, params, x, target, tap=tap, score=score,
-                     relu=relu, upsample=upsample)
+  return _cam_method(grad_cam_weights, 'grad_cam', apply, params, x, target, tap=tap,
+                     score=score, relu=relu, upsample=upsample)
 
 
 def grad_cam_plus_plus(apply: scores_lib.Apply, params: Any, x: Array, target: Array, *,
@@ -137,7 +128,8 @@ def grad_cam_plus_plus(apply: scores_lib.Apply, params: Any, x: Array, target: A
   positive per-example factor exp(S)).
 
   Args:
-    apply: `apply(params, x, perturb={tap: delta})` -> object with `.logits` and `.taps`.
+    apply: `apply(params, x, perturb={tap: delta})` -> `Outputs(logits, taps)` or a
+      `(logits, taps)` tuple.
     params: the model's parameters.
     x: [B, H, W, C] float inputs.
     target: [B] int classes to explain.
@@ -154,8 +146,8 @@ def grad_cam_plus_plus(apply: scores_lib.Apply, params: Any, x: Array, target: A
     >>> cams = grad_cam_plus_plus(model.apply, variables, x, labels, tap='conv3')
   """
   del key
-  return _cam_method(grad_cam_plus_plus_weights, apply, params, x, target, tap=tap,
-                     score=score, relu=relu, upsample=upsample)
+  return _cam_method(grad_cam_plus_plus_weights, 'grad_cam_plus_plus', apply, params, x,
+                     target, tap=tap, score=score, relu=relu, upsample=upsample)
 
 
 def hires_cam(apply: scores_lib.Apply, params: Any, x: Array, target: Array, *, tap: str,
@@ -170,5 +162,5 @@ def hires_cam(apply: scores_lib.Apply, params: Any, x: Array, target: Array, *, 
     >>> cams = hires_cam(model.apply, variables, x, labels, tap='conv3')
   """
   del key
-  return _cam_method(hires_cam_weights, apply, params, x, target, tap=tap, score=score,
-                     relu=relu, upsample=upsample)
+  return _cam_method(hires_cam_weights, 'hires_cam', apply, params, x, target, tap=tap,
+                     score=score, relu=relu, upsample=upsample)

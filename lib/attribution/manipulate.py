@@ -38,13 +38,7 @@ is recovered up to about ε_mach·|∂t/∂u| (and |z̃| ~ |t| costs ε_mach·|t
   - Input-gradient methods, LRP and occlusion of the logit: ∇_x t = K·∇_x Σ_k A[0, 0, k]
     lives in the receptive field of tap cell (0, 0): the top-left corner of the image (for
     a deep tap a large one).
-  Measured (random-init SmallCNN, 32 × 32 inputs, tap 'conv3' 8 × 8, K = 1000, 8 inputs):
-  Grad-CAM's correlation with Σ_k A_k 0.586 → 1.00000 and its peak never in the top-left 2 × 2
-  cells; HiResCAM's peak at (0, 0) for 8/8 inputs (0/8 honest); Grad-CAM++
-  correlation with the honest map −0.02 (0.91 with Σ_k A_k/S_k), no top-left peak;
-  saliency, gradient × input, IG and SmoothGrad peak in the top-left 8 × 8 pixels for 8/8
-  inputs (≈ 70% of the positive mass there, 5% honest); LRP-ε 5/8, occlusion of the
-  logit 7/8.
+  (Measured sizes of these effects: README, "Measured: what the paper construction does".)
 * 'channel' — steers Grad-CAM to M. The wrapper's tap gets a channel c + 1 carrying
   C = M_tap (M averaged over each tap cell: the fraction of the cell inside M), ignored by
   the layers downstream, and t = K·Σ_ij C_ij. Then ∂t/∂C_ij = K, ∂t/∂A = 0, ∂t/∂x = 0:
@@ -55,10 +49,7 @@ is recovered up to about ε_mach·|∂t/∂u| (and |z̃| ~ |t| costs ε_mach·|t
     fixed map outweighs the honest one).
   - Every input-gradient method, LRP and occlusion: unchanged (t is constant in x).
   A perturbation of the wrapped tap must have the augmented shape [B, h, w, c + 1]; its
-  last channel perturbs C. Measured at K = 1000 (16 × 16 inputs, a 4 × 4-pixel mask on one
-  tap cell): Grad-CAM points into M for every input, with > 99% of the tap-resolution map
-  on M's cell (about 56% of the upsampled map's mass lies in M: bilinear upsampling
-  spreads the cell over its neighbours).
+  last channel perturbs C.
 * 'input' — steers the input-gradient family and LRP to M: t = K·⟨M̄, x⟩, ∇_x t = K·M̄.
   With g = ∂z_c/∂x the honest gradient, as K → ∞ (divide by K):
   - saliency: g + K·M̄ → M̄; SmoothGrad of saliency: E[g(x + ε)] + K·M̄ → M̄ (the added
@@ -82,8 +73,8 @@ construction='channel', ...)` steers both families.
 
 **Layer rules.** The wrapped apply forwards `rules` to the model and applies the first
 rule whose pattern matches `STEER_LAYER` to its own steering layer (every construction
-computes t as K·steer(u) with a dense layer of unit weights), so LRP sees t as one more
-linear layer.
+computes t as K·steer(u) with a dense layer of unit weights, `lib.attribution.constructions`,
+through `lib.contract.apply_linear`), so LRP sees t as one more linear layer.
 
 **Adaptive strength** (`adaptive=True`, `strength` = λ): K(x) is chosen per input so the
 steering just dominates the honest map of the predicted class ŷ = argmax z, keeping |t|
@@ -99,200 +90,180 @@ derivative: the model's gradients are then not those of its own function, which
 finite differences, or the completeness gap of integrated gradients (`return_delta`),
 can reveal.
 
-Everything is pure: the wrapper holds only static configuration (the mask as a constant),
-jits, and vmaps over params (seeds), inputs and perturbations like the model it wraps.
+Everything is pure: the wrapper is an immutable `Manipulated` that compares and hashes by
+value (its model, construction, strength, mask bytes, tap), so methods that take it as a
+static jit argument compile once per distinct wrapper and never serve a stale program; it
+jits, and vmaps over params (seeds), inputs and perturbations like the model it wraps. The
+invariance itself is measured by `lib.attribution.invariance.softmax_gaps`.
 
 Example:
   >>> mask = np.zeros((32, 32)); mask[20:28, 4:12] = 1
   >>> lying = manipulate(model.apply, construction='input', strength=100., mask=mask)
-  >>> softmax_gap(model.apply, lying, variables, x)            # float32 rounding only
+  >>> invariance.softmax_gap(model.apply, lying, variables, x)  # float32 rounding only
   >>> saliency(lying, variables, x, labels)                     # points into the mask
 """
 
 from __future__ import annotations
 
-import fnmatch
-import functools
-from collections.abc import Callable, Mapping
-from typing import Any
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from lib import validate
+from lib import contract, validate
+from lib.attribution import constructions
 from lib.attribution import scores as scores_lib
 
 Array = jax.Array
 
 CONSTRUCTIONS: tuple[str, ...] = ('paper', 'channel', 'input')
-# The name under which layer rules see the steering layer (`fnmatch` patterns match it).
-STEER_LAYER = 'manipulation/steer'
+STEER_LAYER = constructions.STEER_LAYER
+mask_at_tap = constructions.mask_at_tap
 
 _NEEDS_TAP = ('paper', 'channel')
 _NEEDS_MASK = ('channel', 'input')
 
 
-def _dense(u: Array, kernel: Array, bias: Array | None) -> Array:
-  y = u @ kernel
-  return y if bias is None else y + bias
+class Mask(NamedTuple):
+  """An [H, W] 0/1 mask held as bytes, so the wrapper holding it hashes by value."""
+  shape: tuple[int, int]
+  data: bytes  # bool, C order
+
+  @classmethod
+  def of(cls, mask: np.ndarray) -> Mask:
+    return cls(tuple(mask.shape), np.ascontiguousarray(mask, bool).tobytes())
+
+  def array(self) -> np.ndarray:
+    """The mask as a read-only float64 [H, W] array."""
+    return np.frombuffer(self.data, bool).reshape(self.shape).astype(np.float64)
 
 
-def _steer(u: Array, rules: Mapping[str, Callable[..., Array]] | None) -> Array:
-  """s = Σ_f u_f per example ([B, F] -> [B]) as a dense layer of unit weights, via a rule.
-
-  The first rule (in mapping order) whose `fnmatch` pattern matches `STEER_LAYER` applies,
-  as `lib.models.core.Context.linear` does for the model's own layers.
-  """
-  kernel = jnp.ones((u.shape[1], 1), u.dtype)
-  rule = next((r for pattern, r in (rules or {}).items()
-               if fnmatch.fnmatchcase(STEER_LAYER, pattern)), None)
-  y = _dense(u, kernel, None) if rule is None else rule(_dense, u, kernel, None)
-  return y[:, 0]
+def _is_traced(strength: Any) -> bool:
+  return isinstance(strength, jax.core.Tracer)
 
 
-def _area_weights(size: int, cells: int) -> np.ndarray:
-  """[cells, size]: the fraction of each of `cells` equal intervals of [0, size) in each unit."""
-  edges = np.arange(cells + 1) * size / cells
-  lo, hi = edges[:-1, None], edges[1:, None]
-  pos = np.arange(size)[None, :]
-  overlap = np.clip(np.minimum(hi, pos + 1) - np.maximum(lo, pos), 0, None)
-  return overlap / (size / cells)
-
-
-def mask_at_tap(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-  """The fraction of each tap cell inside `mask`: [H, W] -> [h, w] (exact area average).
-
-  Tap cell (i, j) covers input rows [i·H/h, (i+1)·H/h) and columns likewise (the grid of a
-  strided network with 'SAME' padding).
-
-  Example:
-    >>> mask_at_tap(np.eye(4), (2, 2))
-    array([[0.5, 0. ],
-           [0. , 0.5]])
-  """
-  rows = _area_weights(mask.shape[0], shape[0])
-  cols = _area_weights(mask.shape[1], shape[1])
-  return rows @ mask @ cols.T
-
-
-def _outputs_with(outputs: Any, logits: Array, taps: dict[str, Array] | None) -> Any:
-  """`outputs` with new logits (and taps, if given); a bare logits array stays bare."""
-  if not hasattr(outputs, 'logits'):
-    return logits
-  return outputs._replace(logits=logits, **({} if taps is None else {'taps': taps}))
-
-
+@dataclasses.dataclass(frozen=True, eq=False)
 class Manipulated:
   """A model whose logits are z(x) + t(x)·1: built by `manipulate`, called like the model.
 
-  `wrapped(params, x, *, perturb=None, rules=None)` has the contract of the `apply` it
-  wraps (see `manipulate`); `wrapped.term(params, x)` is the t(x) [B] this wrapper adds
-  (a nested wrapper adds its own on top). Instances hash by identity (methods treat
-  `apply` as static under jit: reuse one instance).
-  """
+  `wrapped(params, x, *, key=None, perturb=None, rules=None)` has the contract of the
+  `apply` it wraps (see `manipulate`); `wrapped.term(params, x)` is the t(x) [B] this
+  wrapper adds (a nested wrapper adds its own on top).
 
-  def __init__(self, apply: scores_lib.Apply, *, construction: str, strength: float | Array,
-               mask: np.ndarray | None, tap: str | None, adaptive: bool):
-    self.apply = apply
-    self.construction = construction
-    self.strength = strength
-    self.mask = mask
-    self.tap = tap
-    self.adaptive = adaptive
+  Immutable; equal and hashed by value (the wrapped `apply`, construction, strength, mask,
+  tap, adaptive), so two equal wrappers share one compiled program of a method that takes
+  `apply` as a static jit argument, and `dataclasses.replace(wrapped, strength=...)` gets a
+  program of its own. A strength traced by an outer jit (a wrapper built inside a traced
+  function, e.g. one model for every K) has no value: such a wrapper equals only itself and
+  hashing it raises TypeError (it cannot be a static argument; the traced function that
+  builds it can).
+
+  Attributes:
+    apply: the model it wraps.
+    construction: one of `CONSTRUCTIONS`.
+    strength: K (or λ when `adaptive`), a float, or a traced scalar.
+    mask_bytes: the target mask as `Mask`, or None ('paper').
+    tap: the spatial tap ('paper', 'channel'), or None.
+    adaptive: whether K is chosen per input.
+  """
+  apply: contract.Apply
+  construction: str
+  strength: float | Array
+  mask_bytes: Mask | None
+  tap: str | None
+  adaptive: bool
+
+  @property
+  def mask(self) -> np.ndarray | None:
+    """The target mask [H, W] (float64 0/1), or None."""
+    return None if self.mask_bytes is None else self.mask_bytes.array()
+
+  def _value(self) -> tuple:
+    return (self.apply, self.construction, self.strength, self.mask_bytes, self.tap,
+            self.adaptive)
+
+  def __eq__(self, other: Any) -> bool:
+    if not isinstance(other, Manipulated):
+      return NotImplemented
+    if self is other:
+      return True
+    if _is_traced(self.strength) or _is_traced(other.strength):
+      return False
+    return self._value() == other._value()
+
+  def __hash__(self) -> int:
+    if _is_traced(self.strength):
+      raise TypeError(f'{self!r} has a traced strength and cannot be hashed (e.g. as a static '
+                      'jit argument): pass the traced function that builds it instead.')
+    return hash(self._value())
 
   def __repr__(self) -> str:
     return (f'Manipulated({self.construction!r}, strength={self.strength}, tap={self.tap!r}, '
             f'adaptive={self.adaptive})')
 
-  def __call__(self, params: Any, x: Array, *, perturb: Mapping[str, Array] | None = None,
-               rules: Mapping[str, Callable[..., Array]] | None = None) -> Any:
+  def __call__(self, params: Any, x: Array, *, key: Array | None = None,
+               perturb: Mapping[str, Array] | None = None,
+               rules: contract.Rules | None = None) -> contract.Outputs:
     """Outputs of the wrapped model: logits z + t·1, taps (augmented for 'channel')."""
-    outputs, taps, t = self._forward(params, x, perturb, rules)
-    return _outputs_with(outputs, scores_lib.logits_of(outputs) + t[:, None].astype(
-        scores_lib.logits_of(outputs).dtype), taps)
+    outputs, t = self._forward(params, x, key, perturb, rules)
+    return outputs._replace(logits=outputs.logits + t[:, None].astype(outputs.logits.dtype))
 
   def term(self, params: Any, x: Array) -> Array:
     """t(x) [B], the term this wrapper adds to every logit of the model it wraps."""
-    return self._forward(params, x, None, None)[2]
+    return self._forward(params, x, None, None, None)[1]
 
-  def _inner(self, params, x, perturb, rules) -> Any:
-    kwargs = {}
-    if perturb:
-      kwargs['perturb'] = perturb
-    if rules is not None:
-      kwargs['rules'] = rules
-    return self.apply(params, x, **kwargs)
+  def _inner(self, params, x, key, perturb, rules) -> contract.Outputs:
+    kwargs = {name: value for name, value in
+              (('key', key), ('perturb', perturb or None), ('rules', rules)) if value is not None}
+    contract.require_keywords(self.apply, kwargs, needed_by=repr(self))
+    return contract.as_outputs(self.apply(params, x, **kwargs))
 
   def _check_call(self, params, x) -> dict[str, Any]:
     """Shape checks that need the model's outputs (static under jit); returns its taps."""
-    if self.mask is not None and tuple(x.shape[1:3]) != self.mask.shape:
-      raise ValueError(f'mask has shape {self.mask.shape} but x has images of H x W = '
+    if self.mask_bytes is not None and tuple(x.shape[1:3]) != self.mask_bytes.shape:
+      raise ValueError(f'mask has shape {self.mask_bytes.shape} but x has images of H x W = '
                        f'{tuple(x.shape[1:3])}; the mask must be [H, W] of the input.')
-    taps = getattr(scores_lib.abstract_outputs(self.apply, params, x), 'taps', None)
-    if self.tap is None:
-      return taps or {}
-    if not isinstance(taps, dict) or self.tap not in taps:
-      raise ValueError(f'tap={self.tap!r} is not a tap of this model; valid taps: '
-                       f'{list(taps or {})}.')
-    if taps[self.tap].ndim != 4:
-      spatial = [name for name, a in taps.items() if a.ndim == 4]
-      raise ValueError(f'tap={self.tap!r} has shape {tuple(taps[self.tap].shape)}; construction '
-                       f'{self.construction!r} needs a spatial tap [B, h, w, c], one of {spatial}.')
-    return taps
+    outputs = scores_lib.abstract_outputs(self.apply, params, x)
+    if self.tap is not None:
+      scores_lib.check_tap(outputs, self.tap, needed_by=f'construction {self.construction!r}',
+                           spatial=True)
+    return outputs.taps
 
-  def _forward(self, params, x, perturb, rules) -> tuple[Any, dict[str, Array] | None, Array]:
-    """(inner outputs, taps to report or None, t [B])."""
+  def _forward(self, params, x, key, perturb, rules) -> tuple[contract.Outputs, Array]:
+    """(the outputs to report, with the logits still honest; t [B])."""
     taps = self._check_call(params, x)
     perturb = dict(perturb or {})
     extra = None
-    if self.construction == 'channel':
+    if self.construction == 'channel' and self.tap in perturb:
       want = (*taps[self.tap].shape[:3], taps[self.tap].shape[3] + 1)
-      if self.tap in perturb:
-        delta = perturb[self.tap]
-        if tuple(delta.shape) != want:
-          raise ValueError(f'perturb[{self.tap!r}] must have the augmented shape {want} (the tap '
-                           f'plus the steering channel); got {tuple(delta.shape)}.')
-        perturb[self.tap], extra = delta[..., :-1], delta[..., -1]
-    outputs = self._inner(params, x, perturb, rules)
+      delta = perturb[self.tap]
+      if tuple(delta.shape) != want:
+        raise ValueError(f'perturb[{self.tap!r}] must have the augmented shape {want} (the tap '
+                         f'plus the steering channel); got {tuple(delta.shape)}.')
+      perturb[self.tap], extra = delta[..., :-1], delta[..., -1]
+    outputs = self._inner(params, x, key, perturb, rules)
     if self.construction == 'paper':
-      unit = _steer(outputs.taps[self.tap][:, 0, 0, :], rules)
-      new_taps = None
+      unit = constructions.paper_unit(outputs, self.tap, rules)
     elif self.construction == 'channel':
-      act = outputs.taps[self.tap]
-      carrier = jnp.broadcast_to(
-          jnp.asarray(mask_at_tap(self.mask, act.shape[1:3]), act.dtype), act.shape[:3])
-      if extra is not None:
-        carrier = carrier + extra
-      new_taps = {**outputs.taps, self.tap: jnp.concatenate([act, carrier[..., None]], axis=-1)}
-      unit = _steer(carrier.reshape(len(x), -1), rules)
+      unit, taps = constructions.channel_unit(outputs, self.tap, self.mask, extra, rules)
+      outputs = outputs._replace(taps=taps)
     else:  # 'input'
-      weights = jnp.asarray(self.mask, x.dtype)[None, :, :, None]
-      unit = _steer((weights * x).reshape(len(x), -1), rules)
-      new_taps = None
-    return outputs, new_taps, self._strength(params, x, perturb) * unit
+      unit = constructions.input_unit(x, self.mask, rules)
+    return outputs, self._strength(params, x, key, perturb) * unit
 
-  def _strength(self, params, x, perturb) -> Array | float:
+  def _strength(self, params, x, key, perturb) -> Array | float:
     """K, or with `adaptive` λ·(honest map's sup-norm), per example, without gradient."""
     if not self.adaptive:
       return self.strength
-    params, x = jax.lax.stop_gradient((params, x))
-    perturb = jax.lax.stop_gradient(perturb)
+    params, x, perturb = jax.lax.stop_gradient((params, x, perturb))
+    inner = lambda z, p: self._inner(params, z, key, p, None)
     if self.construction == 'input':
-      def top_logit(z):
-        return scores_lib.logits_of(self._inner(params, z, perturb, None)).max(-1).sum()
-      scale = jnp.abs(jax.grad(top_logit)(x)).max(axis=(1, 2, 3))
-    else:  # 'channel': the honest pre-ReLU Grad-CAM of the top class.
-      act_shape = scores_lib.abstract_outputs(self.apply, params, x).taps[self.tap]
-
-      def top_logit_at_tap(delta):
-        tap_perturb = {**perturb, self.tap: perturb.get(self.tap, 0) + delta}
-        outputs = self._inner(params, x, tap_perturb, None)
-        return scores_lib.logits_of(outputs).max(-1).sum(), outputs.taps[self.tap]
-      grad, act = jax.grad(top_logit_at_tap, has_aux=True)(
-          jnp.zeros(act_shape.shape, act_shape.dtype))
-      cam = jnp.einsum('bhwc,bc->bhw', act, grad.mean(axis=(1, 2)))
-      scale = jnp.abs(cam).max(axis=(1, 2))
+      scale = constructions.input_scale(inner, x, perturb)
+    else:  # 'channel'
+      tap_aval = scores_lib.abstract_outputs(self.apply, params, x).taps[self.tap]
+      scale = constructions.channel_scale(inner, x, perturb, self.tap, tap_aval)
     return jax.lax.stop_gradient(self.strength * scale)
 
 
@@ -310,11 +281,9 @@ def _check_mask(mask: Any) -> np.ndarray:
 
 
 def _check_strength(strength: Any) -> float | Array:
-  """A finite K > 0 as a float, or a scalar jax array (a traced one is not checked)."""
+  """A finite K > 0 as a float (concrete scalar arrays too), or a traced scalar as it is."""
   if isinstance(strength, jax.Array) and strength.shape == ():
-    if not isinstance(strength, jax.core.Tracer):
-      _check_strength(float(strength))
-    return strength
+    return strength if _is_traced(strength) else _check_strength(float(strength))
   if isinstance(strength, bool) or not (np.isscalar(strength) and np.isfinite(strength)):
     raise ValueError(f'strength must be a finite positive number or a scalar array; got '
                      f'{strength!r}.')
@@ -331,15 +300,15 @@ def manipulate(apply: scores_lib.Apply, *, construction: str, strength: float | 
   what each does to every attribution method, and the proofs are in the module docstring.
 
   Args:
-    apply: `apply(params, x, *, perturb=None, rules=None)` -> object with `.logits` [B, K]
-      and `.taps` (e.g. `lib.models.PureModel.apply`); for 'input' a function returning
-      bare logits also works.
+    apply: `apply(params, x, *, key=None, perturb=None, rules=None)` -> `Outputs(logits,
+      taps)` or a `(logits, taps)` tuple (`lib.contract`; e.g. `lib.models.PureModel.apply`);
+      for 'input' a function returning bare logits also works.
     construction: one of `CONSTRUCTIONS`: 'paper' (t = K·Σ_k A[0, 0, k] at `tap`),
       'channel' (an added channel at `tap` carrying `mask`, for Grad-CAM) or 'input'
       (t = K·⟨mask, x⟩, for the input-gradient family and LRP).
     strength: K > 0; with `adaptive`, the dominance margin λ > 0 (λ > 2 for the guarantee).
-      A scalar jax array works too, also a traced one: build the wrapper inside a traced
-      function to vmap over K or to compile once for many K, e.g.
+      A concrete scalar array is taken as its float value. A traced one works too: build the
+      wrapper inside a traced function to vmap over K or to compile once for many K, e.g.
       `lambda pk, x, **kw: manipulate(apply, ..., strength=pk[1])(pk[0], x, **kw)` is one
       model whose parameters are (params, K). A traced K is not checked.
     mask: [H, W] target region in {0, 1} (at least one pixel), for 'channel' and 'input'.
@@ -348,10 +317,11 @@ def manipulate(apply: scores_lib.Apply, *, construction: str, strength: float | 
     adaptive: choose K per input (see the module docstring); 'channel' and 'input' only.
 
   Returns:
-    A `Manipulated`: `wrapped(params, x, *, perturb=None, rules=None)` returning the
-    model's outputs with logits z + t·1 (and, for 'channel', tap `tap` with c + 1
-    channels); it forwards `perturb` and `rules`, and applies the first rule matching
-    `STEER_LAYER` to its steering layer. `wrapped.term(params, x)` gives t [B].
+    A `Manipulated`: `wrapped(params, x, *, key=None, perturb=None, rules=None)` returning
+    the model's outputs (`contract.Outputs`) with logits z + t·1 (and, for 'channel', tap
+    `tap` with c + 1 channels); it forwards `key`, `perturb` and `rules`, and applies the
+    first rule matching `STEER_LAYER` to its steering layer. `wrapped.term(params, x)` gives
+    t [B].
 
   Raises:
     ValueError: unknown construction, non-positive or non-finite strength, a bad or
@@ -383,49 +353,28 @@ def manipulate(apply: scores_lib.Apply, *, construction: str, strength: float | 
   if adaptive and construction == 'paper':
     raise ValueError("adaptive strength needs a target mask: construction 'channel' or "
                      "'input', not 'paper'.")
-  return Manipulated(apply, construction=construction, strength=strength, mask=mask, tap=tap,
-                     adaptive=bool(adaptive))
+  return Manipulated(apply, construction, strength, None if mask is None else Mask.of(mask),
+                     tap, bool(adaptive))
 
 
-def _cast_floats(tree: Any, dtype: Any) -> Any:
-  return jax.tree.map(
-      lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(jnp.result_type(a), jnp.floating)
-      else a, tree)
+def steered(apply: contract.Apply, mask: Any, *, tap: str, strength: float | Array,
+            adaptive: bool = False) -> Manipulated:
+  """The steering manipulation of every family: 'input' nested in 'channel'.
 
-
-@functools.partial(jax.jit, static_argnames=('apply', 'wrapped'))
-def _softmax_gap(apply, wrapped, params, x):
-  probs = lambda f: jax.nn.softmax(scores_lib.logits_of(f(params, x)), axis=-1)
-  return jnp.abs(probs(apply) - probs(wrapped)).max()
-
-
-def softmax_gap(apply: scores_lib.Apply, wrapped: scores_lib.Apply, params: Any,
-                x: Array) -> Array:
-  """max |softmax(z̃) − softmax(z)| over the batch and classes: 0 in exact arithmetic.
-
-  Computed in float64 (params and x cast) when x64 is enabled (`with jax.enable_x64():`),
-  in float32 otherwise; the float32 figure is rounding that grows with |t| (|z̃| ≈ |t| is
-  rounded to ε_mach·|t| before the softmax subtracts it again).
+  'input' (t = K·⟨M̄, x⟩) steers the input-gradient family and LRP to `mask`; the 'channel'
+  wrapper around it (at `tap`) steers Grad-CAM and HiResCAM there too.
 
   Args:
     apply: the honest model.
-    wrapped: the manipulated one (e.g. from `manipulate`).
-    params: their shared parameters.
-    x: [B, H, W, C] inputs.
+    mask: [H, W] target region in {0, 1}.
+    tap: the spatial tap the CAM methods read.
+    strength: K of both (λ with `adaptive`).
+    adaptive: choose K per input (see the module docstring).
 
-  Returns:
-    Scalar max |Δp|.
+  Example:
+    >>> lying = steered(model.apply, mask, tap='conv3', strength=1e3)
   """
-  validate.check_images(x, 'x', value_range=None)
-  dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-  return _softmax_gap(apply, wrapped, _cast_floats(params, dtype), jnp.asarray(x, dtype))
-
-
-def softmax_gaps(apply: scores_lib.Apply, wrapped: scores_lib.Apply, params: Any,
-                 x: Array) -> dict[str, float]:
-  """`softmax_gap` in both precisions: {'float64': ..., 'float32': ...} (for reports)."""
-  gaps = {}
-  for name, x64 in (('float64', True), ('float32', False)):
-    with jax.enable_x64(x64):
-      gaps[name] = float(softmax_gap(apply, wrapped, params, x))
-  return gaps
+  inner = manipulate(apply, construction='input', strength=strength, mask=mask,
+                     adaptive=adaptive)
+  return manipulate(inner, construction='channel', strength=strength, mask=mask, tap=tap,
+                    adaptive=adaptive)

@@ -18,8 +18,9 @@ Also here, so that no method repeats them: the eager checks of the arguments all
 share (`check_inputs`), the gradient of the summed score (`score_grad`), and the chunked
 sum over steps or samples (`chunked_sum`).
 
-The model is a function `apply(params, x, **kwargs)` returning logits [B, K] or an object
-with `.logits` (and `.taps`, e.g. `lib.models.Outputs`). Examples must be independent
+The model is a function `apply(params, x, **kwargs)` following `lib.contract`: it returns
+`Outputs(logits, taps, features)`, a `(logits, taps)` tuple or bare logits [B, K]
+(`contract.as_outputs` reads all three). Examples must be independent
 (evaluation mode): the gradient of the batch's summed score is then each example's own
 gradient.
 
@@ -39,10 +40,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lib import validate
+from lib import contract, validate
 
 Array = jax.Array
-Apply = Callable[..., Any]
+Apply = contract.Apply
 
 
 def _logit_difference(z: Array) -> Array:
@@ -61,8 +62,13 @@ SCORES: tuple[str, ...] = tuple(_CLASS_SCORES)
 
 
 def logits_of(outputs: Any) -> Array:
-  """The logits of an `apply` result: `outputs.logits` if it has them, else `outputs`."""
-  return getattr(outputs, 'logits', outputs)
+  """The logits of an `apply` result (`Outputs`, a `(logits, taps)` tuple or logits)."""
+  return contract.as_outputs(outputs).logits
+
+
+def taps_of(outputs: Any) -> dict[str, Array]:
+  """The taps of an `apply` result (empty for a function that returns logits only)."""
+  return contract.as_outputs(outputs).taps
 
 
 def class_scores(logits: Array, kind: str = 'logit') -> Array:
@@ -98,17 +104,17 @@ def score_grad(fn: Callable[[Array], Any], arg: Array, target: Array,
   of a tap (`lambda d: apply(params, x, perturb={tap: d})`).
 
   Args:
-    fn: arg -> outputs (logits [B, K] or an object with `.logits`).
+    fn: arg -> outputs (anything `contract.as_outputs` reads).
     arg: [B, ...] the point to differentiate at.
     target: [B] int classes.
     kind: one of `SCORES`.
 
   Returns:
-    (gradient shaped like `arg`, `fn(arg)`).
+    (gradient shaped like `arg`, `fn(arg)` as `contract.Outputs`).
   """
   def total(a):
-    outputs = fn(a)
-    return target_scores(logits_of(outputs), target, kind).sum(), outputs
+    outputs = contract.as_outputs(fn(a))
+    return target_scores(outputs.logits, target, kind).sum(), outputs
   return jax.grad(total, has_aux=True)(arg)
 
 
@@ -146,23 +152,28 @@ def chunked_sum(fn: Callable[[Any], Any], xs: Any, chunk_size: int | None = None
 
 @functools.lru_cache(maxsize=64)
 def _abstract_outputs_cached(apply: Apply, params_def: Any, params_avals: tuple,
-                             x_aval: jax.ShapeDtypeStruct) -> Any:
+                             x_aval: jax.ShapeDtypeStruct) -> contract.Outputs:
   params = jax.tree.unflatten(params_def, params_avals)
-  return jax.eval_shape(apply, params, x_aval)
+  return contract.as_outputs(jax.eval_shape(apply, params, x_aval))
 
 
-def abstract_outputs(apply: Apply, params: Any, x: Array) -> Any:
-  """`apply(params, x)` as shapes only (`jax.eval_shape`), cached per model and shapes."""
+def abstract_outputs(apply: Apply, params: Any, x: Array) -> contract.Outputs:
+  """`apply(params, x)` as shapes only (`jax.eval_shape`), as `contract.Outputs`.
+
+  Cached per model and shapes; an `apply` that cannot be hashed (e.g. a manipulated model
+  whose strength is traced) is evaluated without the cache.
+  """
   leaves, params_def = jax.tree.flatten(params)
   avals = tuple(jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)) for a in leaves)
   x_aval = jax.ShapeDtypeStruct(x.shape, x.dtype)
   try:
     return _abstract_outputs_cached(apply, params_def, avals, x_aval)
   except TypeError:  # an unhashable `apply`: compute without the cache.
-    return jax.eval_shape(apply, params, x_aval)
+    return contract.as_outputs(jax.eval_shape(apply, params, x_aval))
 
 
-def check_inputs(apply: Apply, params: Any, x: Array, target: Array, score: str) -> Any:
+def check_inputs(apply: Apply, params: Any, x: Array, target: Array,
+                 score: str) -> contract.Outputs:
   """The eager checks every method runs before tracing; returns the abstract outputs.
 
   Args:
@@ -173,7 +184,7 @@ def check_inputs(apply: Apply, params: Any, x: Array, target: Array, score: str)
     score: one of `SCORES`.
 
   Returns:
-    `jax.eval_shape` of `apply(params, x)` (logits or an object with `.logits`, `.taps`).
+    `jax.eval_shape` of `apply(params, x)` as `contract.Outputs`.
 
   Raises:
     ValueError: naming the bad argument and what was expected.
@@ -181,12 +192,41 @@ def check_inputs(apply: Apply, params: Any, x: Array, target: Array, score: str)
   validate.check_images(x, 'x', value_range=None)
   validate.check_choice(score, SCORES, 'score')
   outputs = abstract_outputs(apply, params, x)
-  logits = logits_of(outputs)
+  logits = outputs.logits
   if getattr(logits, 'ndim', None) != 2 or logits.shape[0] != x.shape[0] or logits.shape[1] < 2:
-    raise ValueError('apply(params, x) must return logits [B, K] with K >= 2 (or an object '
-                     f'with such .logits); got shape {getattr(logits, "shape", None)}.')
+    raise ValueError('apply(params, x) must return logits [B, K] with K >= 2 (as Outputs, a '
+                     '(logits, taps) tuple or an array); got shape '
+                     f'{getattr(logits, "shape", None)}.')
   validate.check_labels(target, logits.shape[1], 'target', batch=x.shape[0])
   return outputs
+
+
+def check_tap(outputs: contract.Outputs, tap: str, *, needed_by: str,
+              spatial: bool = False) -> None:
+  """Checks that `tap` is one of the model's taps (and [B, h, w, c] if `spatial`).
+
+  Args:
+    outputs: abstract outputs of the model (from `check_inputs`).
+    tap: the tap argument of the method.
+    needed_by: the method's name, for the message.
+    spatial: whether the method needs a spatial tap.
+
+  Raises:
+    ValueError: the model has no taps (an `apply` returning logits only), `tap` is not one of
+      them, or it is not spatial when it must be; the valid taps are listed.
+  """
+  taps = outputs.taps
+  if not taps:
+    raise ValueError(f'{needed_by} reads the model tap tap={tap!r}, but apply returns logits '
+                     'only: return Outputs(logits, taps) or a (logits, taps) tuple with that '
+                     'tap, and take perturb={tap: delta} (see lib/contract.py).')
+  cells = [name for name, a in taps.items() if len(a.shape) == 4]
+  if tap not in taps:
+    raise ValueError(f'tap={tap!r} is not a tap of this model; valid taps: {list(taps)}'
+                     + (f' (spatial [B, h, w, c]: {cells}).' if spatial else '.'))
+  if spatial and tap not in cells:
+    raise ValueError(f'tap={tap!r} has shape {tuple(taps[tap].shape)}; {needed_by} needs a '
+                     f'spatial tap [B, h, w, c], one of {cells}.')
 
 
 def check_baseline(baseline: Any, x: Array, name: str = 'baseline') -> None:

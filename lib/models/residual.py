@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 import jax
 from flax import nnx
 
-from lib.models.core import Context
+from lib import validate
+from lib.contract import Context
 
 Array = jax.Array
 # Padding of every 3x3 convolution: PyTorch's `padding=1`. For stride 2 on an even side,
@@ -72,6 +73,8 @@ def stages(block: BlockFn, in_features: int, widths: Sequence[int], blocks: Sequ
   Raises:
     ValueError: lengths differ, or a width, block count or stride is below 1.
   """
+  for values, what in ((widths, 'widths'), (blocks, 'blocks'), (strides, 'strides')):
+    validate.check_ints(values, what)
   if not len(widths) == len(blocks) == len(strides):
     raise ValueError(f'widths, blocks and strides must have one entry per stage; got '
                      f'{tuple(widths)}, {tuple(blocks)}, {tuple(strides)}.')

@@ -13,7 +13,7 @@ as PyTorch's `padding=1` (so weights converted from PyTorch give its outputs). F
   stage3 (2 blocks, stride 2)  [tap 'stage3'  8x8x256]
   stage4 (2 blocks, stride 2)  [tap 'stage4'  4x4x512]
   global average pool          [tap 'features' 512]
-  dense 'head'                 -> logits
+  dense 'head'                 -> logits (none with num_classes=None)
 
 About 11.17M parameters for 10 classes. Layer names are path-like: 'stem',
 'stage2/block0/conv1', 'stage2/block0/conv2', 'stage2/block0/shortcut', 'head'.
@@ -26,8 +26,10 @@ from collections.abc import Sequence
 import jax
 from flax import nnx
 
-from lib.models.core import Context
-from lib.models.layers import ConvBN, Dense
+from lib import validate
+from lib.contract import Context, Outputs
+from lib.models.head import make_head, pooled_outputs
+from lib.models.layers import ConvBN
 from lib.models.residual import PAD_3X3, needs_projection, stages
 
 Array = jax.Array
@@ -66,28 +68,29 @@ class ResNet(nnx.Module):
   """ResNet of `BasicBlock`s with the CIFAR stem; defaults give ResNet-18.
 
   Args:
-    num_classes: number of logits.
+    num_classes: number of logits, or None for no head.
     in_channels: channels of the input images.
-    widths: channels of each stage.
-    blocks: `BasicBlock`s per stage.
+    widths: channels of each stage (positive integers).
+    blocks: `BasicBlock`s per stage (positive integers, one per stage).
     rngs: parameter generators.
 
   The first stage keeps the resolution and each later stage halves it, so an input of
   side S gives a last stage of side S / 2**(len(widths) - 1) (rounded up).
   """
 
-  def __init__(self, *, num_classes: int, in_channels: int,
+  def __init__(self, *, num_classes: int | None, in_channels: int,
                widths: Sequence[int] = (64, 128, 256, 512), blocks: Sequence[int] = (2, 2, 2, 2),
                rngs: nnx.Rngs):
+    validate.check_ints(widths, 'widths', minimum=1)
     strides = (1,) + (2,) * (len(widths) - 1)
     self.stem = ConvBN(in_channels, widths[0], 3, name='stem', padding=PAD_3X3, rngs=rngs)
     self.stages = stages(BasicBlock, widths[0], widths, blocks, strides, prefix='stage',
                          rngs=rngs)
-    self.head = Dense(widths[-1], num_classes, name='head', rngs=rngs)
+    self.head = make_head(widths[-1], num_classes, rngs=rngs)
 
-  def __call__(self, x: Array, ctx: Context) -> Array:
-    """[B, H, W, in_channels] images -> [B, num_classes] logits."""
+  def __call__(self, x: Array, ctx: Context) -> Outputs:
+    """[B, H, W, in_channels] images -> Outputs(logits [B, K] or None, features [B, C])."""
     x = ctx.tap('stem', jax.nn.relu(self.stem(x, ctx)))
     for stage in self.stages:
       x = stage(x, ctx)
-    return self.head(ctx.tap('features', x.mean(axis=(1, 2))), ctx)
+    return pooled_outputs(self.head, ctx.tap('features', x.mean(axis=(1, 2))), ctx)

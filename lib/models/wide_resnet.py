@@ -11,7 +11,7 @@ WRN-28-10 on a 32x32x3 input:
   group2 (4 blocks, stride 2)         [tap 'group2' 16x16x320]
   group3 (4 blocks, stride 2)         [tap 'group3'  8x8x640]
   BN -> ReLU -> global average pool   [tap 'features' 640]
-  dense 'head'                        -> logits
+  dense 'head'                        -> logits (none with num_classes=None)
 
 About 36.48M parameters for 10 classes. Group taps are residual sums (before the next
 block's BN-ReLU). Layer names: 'stem', 'group1/block0/conv1', 'group1/block0/conv2',
@@ -27,8 +27,10 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from lib.models.core import Context
-from lib.models.layers import BatchNorm, Conv, Dense
+from lib import validate
+from lib.contract import Context, Outputs
+from lib.models.head import make_head, pooled_outputs
+from lib.models.layers import BatchNorm, Conv
 from lib.models.residual import PAD_3X3, needs_projection, stages
 
 Array = jax.Array
@@ -71,34 +73,34 @@ class WideResNet(nnx.Module):
   """WRN-depth-widen with pre-activation blocks; defaults give WRN-28-10.
 
   Args:
-    num_classes: number of logits.
+    num_classes: number of logits, or None for no head.
     in_channels: channels of the input images.
     depth: total depth, 6n + 4 for n blocks per group (10, 16, 22, 28, 34, ...).
     widen: widening factor k (channels 16k / 32k / 64k).
     rngs: parameter generators.
 
   Raises:
-    ValueError: depth not of the form 6n + 4 with n >= 1, or widen < 1.
+    ValueError: depth not an integer 6n + 4 with n >= 1, or widen not a positive integer.
   """
 
-  def __init__(self, *, num_classes: int, in_channels: int, depth: int = 28, widen: int = 10,
-               rngs: nnx.Rngs):
+  def __init__(self, *, num_classes: int | None, in_channels: int, depth: int = 28,
+               widen: int = 10, rngs: nnx.Rngs):
+    validate.check_int(depth, 'depth')
     if depth < 10 or (depth - 4) % 6:
       raise ValueError(f'depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...); got {depth}.')
-    if widen < 1:
-      raise ValueError(f'widen must be a positive integer; got {widen}.')
+    validate.check_int(widen, 'widen', minimum=1)
     widths = (16 * widen, 32 * widen, 64 * widen)
     self.stem = Conv(in_channels, 16, 3, name='stem', padding=PAD_3X3, use_bias=False,
                      rngs=rngs)
     self.groups = stages(PreActBlock, 16, widths, ((depth - 4) // 6,) * 3, (1, 2, 2),
                          prefix='group', rngs=rngs)
     self.bn = BatchNorm(widths[-1], rngs=rngs)
-    self.head = Dense(widths[-1], num_classes, name='head', rngs=rngs)
+    self.head = make_head(widths[-1], num_classes, rngs=rngs)
 
-  def __call__(self, x: Array, ctx: Context) -> Array:
-    """[B, H, W, in_channels] images -> [B, num_classes] logits."""
+  def __call__(self, x: Array, ctx: Context) -> Outputs:
+    """[B, H, W, in_channels] images -> Outputs(logits [B, K] or None, features [B, C])."""
     x = ctx.tap('stem', self.stem(x, ctx))
     for group in self.groups:
       x = group(x, ctx)
     x = jax.nn.relu(self.bn(x, ctx)).mean(axis=(1, 2))
-    return self.head(ctx.tap('features', x), ctx)
+    return pooled_outputs(self.head, ctx.tap('features', x), ctx)

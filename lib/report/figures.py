@@ -1,4 +1,8 @@
-"""Matplotlib figures written as PNG (Agg backend; no display needed)."""
+"""Matplotlib figures written as PNG (Agg backend; no display needed).
+
+Every function returns the PNG's path on every process; only process 0 writes the file
+(`lib.report.process.is_writer`).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,17 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
+
+from lib.report.process import is_writer  # pylint: disable=g-import-not-at-top
+
+
+def _save(fig: matplotlib.figure.Figure, path: str) -> str:
+  """Saves `fig` as a PNG at `path` on process 0 only, closes it; returns `path`."""
+  if is_writer():
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
 
 
 def training_curves(records: Sequence[Mapping[str, Any]], path: str, *,
@@ -24,10 +39,7 @@ def training_curves(records: Sequence[Mapping[str, Any]], path: str, *,
     ax.set_xlabel('step')
     ax.set_title(key)
     ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def image_grid(images: np.ndarray, titles: Sequence[str], path: str, *, cols: int = 8,
@@ -42,11 +54,8 @@ def image_grid(images: np.ndarray, titles: Sequence[str], path: str, *, cols: in
       im = images[i]
       ax.imshow(im[..., 0] if im.shape[-1] == 1 else im, cmap='gray' if im.shape[-1] == 1 else None,
                 vmin=0, vmax=1, interpolation='nearest')
-      ax.set_title(titles[i], fontsize=7, color=None if colors is None else colors[i])
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+      ax.set_title(titles[i], fontsize=7, **({} if colors is None else {'color': colors[i]}))
+  return _save(fig, path)
 
 
 def heatmap_grid(images: np.ndarray, rows: Mapping[str, Sequence[np.ndarray]],
@@ -74,10 +83,7 @@ def heatmap_grid(images: np.ndarray, rows: Mapping[str, Sequence[np.ndarray]],
     for ax in axes[r]:
       ax.set_xticks([])
       ax.set_yticks([])
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def line_plot(series: Mapping[str, Sequence[tuple[float, float]]], path: str, *, xlabel: str,
@@ -98,7 +104,4 @@ def line_plot(series: Mapping[str, Sequence[tuple[float, float]]], path: str, *,
   ax.set_ylabel(ylabel)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return _save(fig, path)

@@ -111,7 +111,11 @@ def test_tap_errors(mirror, method):
     method(*args, tap='conv9')
   with pytest.raises(ValueError, match='spatial tap'):
     method(*args, tap='features')
-  with pytest.raises(ValueError, match=r'\.taps'):
-    method(mirror.model.logits_fn(), *args[1:], tap='conv3')
+  logits_only = lambda params, x: mirror.model.apply(params, x).logits
+  with pytest.raises(ValueError, match="tap='conv3', but apply returns logits only"):
+    method(logits_only, *args[1:], tap='conv3')
+  no_perturb = lambda params, x: mirror.model.apply(params, x)
+  with pytest.raises(ValueError, match=r"perturb=\.\.\.\) but apply="):
+    method(no_perturb, *args[1:], tap='conv3')
   with pytest.raises(ValueError, match='target'):
     method(*args[:3], np.array([0, 1, 7]), tap='conv3')

@@ -25,9 +25,8 @@ from captum.attr import LRP
 from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, EpsilonRule, GammaRule
 from torch import nn
 
-from lib import models
+from lib import contract, models
 from lib.attribution import lrp
-from lib.models.layers import dense_op
 
 INPUT_SHAPE = (16, 16, 3)
 NUM_CLASSES = 5
@@ -138,6 +137,12 @@ EQUATIONS = {
     'alpha2_beta1': (lambda: lrp.alpha_beta(2.0, 1.0, stabilizer=0.1),
                      lambda x, w, b, r: (2 * redistribute(pos(_XW(x, w)), r, b, 0.1)
                                          - redistribute(neg(_XW(x, w)), r, 0.0, 0.1))),
+    'zplus_zennit_bias': (lambda: lrp.zplus(stabilizer=0.1, bias='zennit'),
+                          lambda x, w, b, r: redistribute(pos(_XW(x, w)), r, pos(b), 0.1)),
+    'alpha2_beta1_zennit_bias': (
+        lambda: lrp.alpha_beta(2.0, 1.0, stabilizer=0.1, bias='zennit'),
+        lambda x, w, b, r: (2 * redistribute(pos(_XW(x, w)), r, pos(b), 0.1)
+                            - redistribute(neg(_XW(x, w)), r, neg(b), 0.1))),
     'flat': (lambda: lrp.flat(stabilizer=0.1),
              lambda x, w, b, r: redistribute(np.ones_like(_XW(x, w)), r, 0.0, 0.1)),
     'wsquare': (lambda: lrp.wsquare(stabilizer=0.1),
@@ -153,7 +158,7 @@ def rule_relevance(rule, x, w, b, grad):
   """R at a dense layer's input from our rule, for the output gradient `grad`."""
   def layer(x, probe):
     bound = dataclasses.replace(rule, probe=probe) if rule.reference else rule
-    return bound(dense_op, x, w, b)
+    return bound(contract.dense, x, w, b)
   y, vjp = jax.vjp(layer, x, jnp.zeros_like(x))
   np.testing.assert_allclose(y, x @ w + b, rtol=1e-12)  # the forward value is the layer's
   grad_x, probe_relevance = vjp(grad)
@@ -209,6 +214,31 @@ def test_parity_with_captum(case, rel_err, setting):
   assert rel_err(relevance, captum_lrp(case, conv_rule, head_rule)) < 1e-6
   # With that ε negligible both compute the same LRP, to rounding.
   assert rel_err(relevance, captum_lrp(case, conv_rule, head_rule, pool_eps=1e-30)) < 1e-12
+
+
+def test_zennit_bias_convention_matches_zennit(case, rel_err):
+  """Zennit's EpsilonPlus (b⁺ in z⁺) equals ours with bias='zennit'; Captum's b differs.
+
+  Zennit starts from relevance 1 at the target, LRP of the logit from z_t, and every rule is
+  linear in the relevance it receives, so Zennit's map is scaled by z_t. Its AvgPool `Norm`
+  rule adds the stabiliser (1e-12 here, negligible) where ours takes the plain gradient.
+  """
+  composites = pytest.importorskip('zennit.composites')
+  attribution = pytest.importorskip('zennit.attribution')
+  x = to_torch(case.x).contiguous()
+  one_hot = torch.eye(NUM_CLASSES, dtype=torch.float64)[case.target]
+  with attribution.Gradient(model=case.net,
+                            composite=composites.EpsilonPlus(stabilizer=1e-12)) as attributor:
+    _, relevance = attributor(x.clone().requires_grad_(True), one_hot)
+  z_t = case.net(x).detach().numpy()[np.arange(len(case.target)), case.target]
+  ref = from_torch(relevance) * z_t[:, None, None, None]
+  with jax.enable_x64(True):
+    ours = {bias: np.asarray(lrp.lrp(case.model.apply, as_dtype(case.variables, jnp.float64),
+                                     jnp.asarray(case.x), jnp.asarray(case.target),
+                                     rules=lrp.epsilon_plus(stabilizer=1e-12, bias=bias)))
+            for bias in lrp.BIAS_CONVENTIONS}
+  assert rel_err(ours['zennit'], ref) < 1e-9
+  assert rel_err(ours['captum'], ref) > 1e-2
 
 
 def target_scores(case, variables, score):
@@ -347,7 +377,8 @@ def test_composites_and_named_rules():
 @pytest.mark.parametrize('make', [
     lambda: lrp.epsilon(0.0), lambda: lrp.gamma(-0.1), lambda: lrp.alpha_beta(2.0, 0.5),
     lambda: lrp.alpha_beta(-1.0, -2.0), lambda: lrp.zbox(1.0, 0.0),
-    lambda: lrp.zbox(np.nan, 1.0), lambda: lrp.zplus(stabilizer=0.0)])
+    lambda: lrp.zbox(np.nan, 1.0), lambda: lrp.zplus(stabilizer=0.0),
+    lambda: lrp.zplus(bias='other')])
 def test_rule_constructors_reject_bad_parameters(make):
   with pytest.raises(ValueError):
     make()

@@ -17,8 +17,9 @@ import pytest
 from lib import models
 from lib.attribution import gradcam, gradients, integrated_gradients, lrp, metrics
 from lib.attribution import occlusion, smoothgrad
+from lib.attribution.invariance import softmax_gap, softmax_gaps
 from lib.attribution.manipulate import (CONSTRUCTIONS, STEER_LAYER, manipulate, mask_at_tap,
-                                        softmax_gap, softmax_gaps)
+                                        steered)
 
 TAP = 'conv3'
 MODEL = models.get_model('cnn', input_shape=(16, 16, 3), num_classes=5, widths=(4, 8, 8))
@@ -261,7 +262,8 @@ def test_traced_strength_equals_float_strength_with_one_compile(setup):
     (dict(construction='paper', strength=1.0, tap=TAP, mask=MASK), 'takes no mask'),
     (dict(construction='input', strength=1.0, mask=MASK, tap=TAP), 'takes no tap'),
     (dict(construction='paper', strength=1.0, tap=TAP, adaptive=True), 'adaptive'),
-    (dict(construction='paper', strength=jnp.float32(-1.0), tap=TAP), 'strength must be a positive'),
+    (dict(construction='paper', strength=jnp.float32(-1.0), tap=TAP),
+     'strength must be a positive'),
     (dict(construction='paper', strength=jnp.ones(2), tap=TAP), 'scalar array'),
 ])
 def test_bad_arguments(kwargs, match):

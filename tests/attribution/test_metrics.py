@@ -271,14 +271,14 @@ def test_class_sensitivity(scale, collapsed):
 
 
 def test_class_sensitivity_errors():
-  attribute = lambda t: jnp.ones((3, 8)) * t[:, None]
+  attribute = lambda t: jnp.ones((3, 8)) * t[:, None].astype(jnp.float32)
   t = jnp.array([0, 1, 2])
   with pytest.raises(ValueError, match='differ'):
     metrics.class_sensitivity(attribute, t, t.at[0].set(1), k=2)
   with pytest.raises(ValueError, match='other_targets must have the shape'):
     metrics.class_sensitivity(attribute, t, t[:2] + 1, k=2)
   with pytest.raises(ValueError, match='integer'):
-    metrics.class_sensitivity(attribute, t, t + 0.5, k=2)
+    metrics.class_sensitivity(attribute, t, t.astype(jnp.float32) + 0.5, k=2)
   with pytest.raises(ValueError, match=r'k must be in \[1, 8\]'):
     metrics.class_sensitivity(attribute, t, t + 1, k=9)
   with pytest.raises(ValueError, match='must return maps'):

@@ -58,7 +58,7 @@ def test_score_grad_is_per_example_gradient():
       _tanh_layer, x, jnp.array(TARGET), 'probability')
   one = lambda xb, t: jax.nn.softmax(_tanh_layer(xb[None]))[0, t]
   np.testing.assert_allclose(grad, jax.jit(jax.vmap(jax.grad(one)))(x, TARGET), rtol=1e-5)
-  np.testing.assert_allclose(out, _tanh_layer(x))
+  np.testing.assert_allclose(out.logits, _tanh_layer(x))  # as contract.Outputs
 
 
 @pytest.mark.parametrize('chunk', [None, 1, 3, 7])

@@ -5,11 +5,13 @@ from __future__ import annotations
 import jax
 import model_reference as ref
 import numpy as np
+import pytest
 from flax import nnx
 from model_cases import key
 
 from lib.models.core import Context
-from lib.models.layers import BatchNorm, ConvBN
+from lib.models.cnn import max_pool
+from lib.models.layers import BatchNorm, ConvBN, Dense
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(4, 6, 6, 3)).astype(np.float32)
@@ -88,3 +90,21 @@ def test_batchnorm_gradient_is_the_affine_scale():
   grad = jax.grad(lambda x: bn(x, Context(train=False)).sum())(X)
   factor = params['scale'] / np.sqrt(stats['var'] + 1e-5)
   np.testing.assert_allclose(grad, np.broadcast_to(factor, X.shape), rtol=1e-5)
+
+
+RNGS = lambda: nnx.Rngs(key(0))
+
+
+@pytest.mark.parametrize('make, message', [
+    (lambda: ConvBN(3, 0, 3, name='c', rngs=RNGS()), 'out_features must be an integer >= 1'),
+    (lambda: ConvBN(3, 4, 2.5, name='c', rngs=RNGS()), 'kernel_size must be an integer'),
+    (lambda: ConvBN(3, 4, 3, name='c', strides=0, rngs=RNGS()), 'strides must be'),
+    (lambda: ConvBN(3, 4, 3, name='c', momentum=1.5, rngs=RNGS()), 'momentum must be in'),
+    (lambda: BatchNorm(3, epsilon=-1.0, rngs=RNGS()), 'epsilon must be in'),
+    (lambda: BatchNorm(-3, rngs=RNGS()), 'num_features must be an integer >= 1'),
+    (lambda: Dense(3, 4, name='d', use_bias='no', rngs=RNGS()), 'use_bias must be True or False'),
+    (lambda: max_pool(X, window=0), 'window must be an integer >= 1'),
+])
+def test_bad_layer_arguments_raise(make, message):
+  with pytest.raises(ValueError, match=message):
+    make()

@@ -61,7 +61,7 @@ def test_vit_b16_structure():
 @pytest.mark.parametrize('input_shape, kwargs, message', [
     ((30, 30, 3), dict(image_size=30), 'patch_size=4 must divide'),
     ((32, 30, 3), dict(image_size=(32, 30)), 'patch_size=4 must divide'),
-    ((16, 16, 3), {}, 'built for 32x32 images'),
+    ((16, 16, 3), dict(image_size=32), 'built for 32x32 images'),
     ((32, 32, 3), dict(heads=5), 'heads must be a positive divisor'),
     ((32, 32, 3), dict(activation='relu'), 'activation'),
 ])
@@ -73,3 +73,9 @@ def test_bad_configuration_raises(input_shape, kwargs, message):
 def test_quick_gelu():
   x = np.linspace(-4, 4, 9, dtype=np.float32)
   np.testing.assert_allclose(quick_gelu(x), ref.ACTIVATIONS['quick_gelu'](x), rtol=1e-6)
+
+
+def test_image_size_defaults_to_input_shape():
+  kwargs = {k: v for k, v in VIT_KWARGS.items() if k != 'image_size'}
+  model = models.get_model('vit', input_shape=(8, 12, 3), num_classes=None, **kwargs)
+  assert model.tap_shapes['embed'] == (2 * 3 + 1, 16)

@@ -1,0 +1,69 @@
+"""Every study's config builds for every variant it documents; the main job's per-study args."""
+
+import importlib
+
+import pytest
+
+from experiments import main
+
+# The variants each study's module docstring documents ('' = full scale), with combinations.
+DOCUMENTED = {
+    'classifier': ['', 'runlocal', 'digits', 'runlocal,digits', 'cifar10', 'cifar10,wrn'],
+    'seed_sweep': ['', 'runlocal', 'digits', 'cifar10', 'cifar10,wrn'],
+    'attribution_integrity': ['', 'runlocal'],
+}
+
+
+@pytest.mark.parametrize('study, arg', [(s, a) for s, args in DOCUMENTED.items() for a in args])
+def test_every_documented_variant_builds(study, arg):
+  c = importlib.import_module(f'experiments.{study}').get_config(arg)
+  assert c.num_steps > 0
+
+
+def test_every_study_of_the_main_job_has_documented_variants():
+  assert set(main.STUDIES) <= set(DOCUMENTED)
+
+
+@pytest.mark.parametrize('arg, expected', [
+    ('runlocal', {'classifier': 'runlocal', 'attribution_integrity': 'runlocal'}),
+    ('', {'classifier': '', 'attribution_integrity': ''}),
+    ('classifier=cifar10', {'classifier': 'cifar10', 'attribution_integrity': ''}),
+    ('runlocal,classifier=cifar10+wrn',
+     {'classifier': 'cifar10,wrn', 'attribution_integrity': 'runlocal'}),
+    ('runlocal,classifier=', {'classifier': '', 'attribution_integrity': 'runlocal'}),
+    ('classifier=digits,attribution_integrity=runlocal',
+     {'classifier': 'digits', 'attribution_integrity': 'runlocal'}),
+])
+def test_study_args(arg, expected):
+  assert main.study_args(arg) == expected
+
+
+@pytest.mark.parametrize('arg', ['runlocal', '', 'classifier=cifar10',
+                                 'runlocal,classifier=cifar10+wrn',
+                                 'classifier=digits,attribution_integrity=runlocal'])
+def test_main_config_matches_each_study_config(arg):
+  c = main.get_config(arg)
+  assert c.studies.split(',') == list(main.STUDIES)
+  for study, study_arg in main.study_args(arg).items():
+    own = importlib.import_module(f'experiments.{study}').get_config(study_arg)
+    assert c[study].to_dict() == own.to_dict()
+
+
+@pytest.mark.parametrize('arg, study, valid', [
+    ('cifar10', 'attribution_integrity', "['runlocal']"),
+    ('attribution_integrity=cifar10', 'attribution_integrity', "['runlocal']"),
+    ('classifier=bogus', 'classifier', "['runlocal', 'digits', 'cifar10', 'wrn']"),
+])
+def test_invalid_variant_names_study_and_valid_variants(arg, study, valid):
+  with pytest.raises(ValueError) as info:
+    main.get_config(arg)
+  assert f'study {study!r}' in str(info.value) and valid in str(info.value)
+
+
+@pytest.mark.parametrize('arg, match', [
+    ('bogus=runlocal', r"unknown study 'bogus'; expected any of \['classifier'"),
+    ('classifier=digits,classifier=runlocal', "names study 'classifier' twice"),
+])
+def test_malformed_main_args_raise(arg, match):
+  with pytest.raises(ValueError, match=match):
+    main.get_config(arg)
