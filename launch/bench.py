@@ -96,12 +96,12 @@ def main(argv):
   unknown = set(_ONLY.value) - set(BENCHMARKS)
   if unknown:
     raise app.UsageError(f'--only takes {",".join(BENCHMARKS)}; got {sorted(unknown)}.')
-  from launch import bench_common as common  # pylint: disable=g-import-not-at-top
+  from launch import xla_setup  # pylint: disable=g-import-not-at-top
   # No JAX backend has started yet, so XLA still reads a flag added here.
-  xla_flags = os.environ.get('XLA_FLAGS', '')
-  if _YNN.value and 'xla_cpu_experimental_ynn_fusion_type' not in xla_flags:
-    os.environ['XLA_FLAGS'] = f'{xla_flags} {common.YNN_FLAG}'.strip()
+  if _YNN.value:
+    xla_setup.add_project_flags()
   import jax  # pylint: disable=g-import-not-at-top
+  from launch import bench_common as common  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_default_matmul_precision', _PRECISION.value)
   from launch import bench_attribution, bench_conv, bench_flops, bench_pgd, bench_resnet, bench_sweep  # pylint: disable=g-import-not-at-top
 

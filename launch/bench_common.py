@@ -14,8 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# The XLA flag of launch/_env.sh (XLA's own convolutions instead of YNNPACK's on CPU).
-YNN_FLAG = '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
 
 
 class Timing(NamedTuple):

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from launch import bench_common as common
+from launch import xla_setup
 
 EPS, ALPHA = 8 / 255, 2 / 255
 WIDTHS, NUM_CLASSES, IMAGE = (32, 64, 128), 10, (32, 32, 3)
@@ -106,7 +107,7 @@ class _Worker:
     self.flag = flag
     user = [f for f in os.environ.get('XLA_FLAGS', '').split()
             if 'xla_cpu_experimental_ynn_fusion_type' not in f]
-    env = dict(os.environ, XLA_FLAGS=' '.join(user + [common.YNN_FLAG] * flag))
+    env = dict(os.environ, XLA_FLAGS=' '.join(user + [xla_setup.YNN_FLAG] * flag))
     self.log_path = os.path.join(workdir, f'worker_flag{int(flag)}.log')
     self.log = open(self.log_path, 'w')  # pylint: disable=consider-using-with
     self.proc = subprocess.Popen(
@@ -193,7 +194,7 @@ def run(*, batch_size: int = 128, steps: int = 20, warmup: int = 1, repeats: int
       f'{warmup} warm-up; JAX: one jitted lax.scan, parameters as arguments.',
       'lax.conv: convolutions with XLA\'s own gradients (as before lib.models.conv); conv2d VJP: '
       'lib.models.conv (gradients as forward convolutions); YNN flag: XLA_FLAGS='
-      f'{common.YNN_FLAG} (worker process); YNNPACK fusions: how many (of any op) the '
+      f'{xla_setup.YNN_FLAG} (worker process); YNNPACK fusions: how many (of any op) the '
       'compiled attack holds.',
       'loss at x_adv: the PyTorch net\'s mean cross-entropy at each row\'s adversarial examples; '
       'Δx_adv: against torchattacks\' examples (a pixel differs where a sign step flipped on a '

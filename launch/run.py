@@ -23,7 +23,11 @@ import logging as std_logging
 import os
 import sys
 
-from absl import app, flags, logging
+from launch import xla_setup
+
+xla_setup.add_project_flags()  # before the config file (and with it jax) is imported
+
+from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',

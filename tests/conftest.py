@@ -2,14 +2,10 @@
 
 import os
 
-# Must happen before jax initialises its backends. Each flag is appended unless XLA_FLAGS
-# already sets it (launch/test.sh exports the YNNPACK one through launch/_env.sh, which
-# explains it: XLA's own convolutions instead of YNNPACK's slower ones on CPU).
-_FLAGS = ('--xla_force_host_platform_device_count=8',
-          '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution')
-_user = os.environ.get('XLA_FLAGS', '')
-os.environ['XLA_FLAGS'] = ' '.join(
-    [_user, *(f for f in _FLAGS if f.split('=')[0] not in _user)]).strip()
+from launch import xla_setup  # noqa: E402
+
+# Must happen before jax initialises its backends; a flag XLA_FLAGS already sets wins.
+xla_setup.add_flags('--xla_force_host_platform_device_count=8', xla_setup.YNN_FLAG)
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import jax  # noqa: E402  (after the environment above)

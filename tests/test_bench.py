@@ -45,25 +45,3 @@ def test_quick_pgd_benchmark_compares_equal_attacks(tmp_path):
     assert rate > 0 and ratio > 0, name
     assert abs(loss - torch_loss) <= 1e-3 * abs(torch_loss), (name, loss, torch_loss)
     assert differing < 0.01, (name, differing, max_diff)
-
-
-def test_ynn_flag_is_accepted_and_gives_xla_its_own_convolutions():
-  """The XLA flag the launchers, the tests and the benchmarks set (one spelling everywhere)
-  is accepted by this jaxlib (an unknown flag aborts the process) and takes a lone
-  convolution out of YNNPACK."""
-  from launch.bench_common import YNN_FLAG
-  for path in ('launch/_env.sh', 'tests/conftest.py'):
-    with open(os.path.join(ROOT, path)) as f:
-      assert YNN_FLAG in f.read(), path
-  code = ('import jax, jax.numpy as jnp\n'
-          'conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", '
-          'dimension_numbers=("NHWC", "HWIO", "NHWC"))\n'
-          'x, w = jnp.ones((8, 16, 16, 32)), jnp.ones((3, 3, 32, 64))\n'
-          'print(jax.jit(conv).lower(x, w).compile().as_text().count("__ynn_fusion"))\n')
-  counts = {}
-  for flags in ('', YNN_FLAG):
-    run = subprocess.run([sys.executable, '-c', code], env=dict(os.environ, XLA_FLAGS=flags),
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr[-3000:]
-    counts[flags] = int(run.stdout.split()[-1])
-  assert counts == {'': 1, YNN_FLAG: 0}, counts

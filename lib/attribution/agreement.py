@@ -3,15 +3,7 @@
 This module gathers the metrics of `ranking` (top-k and whole-ranking agreement) and
 `similarity` (SSIM) under one name and compares every pair of methods (`agreement_matrix`).
 
-Maps are arrays `[B, ...features]` (pixel maps `[B, H, W, C]`, heatmaps `[B, H, W]`, token
-maps `[B, T]`); every metric flattens each example to `F` features and returns one value per
-example, `[B]`. All functions are pure and jit (top-k sizes `k` are static).
-
-**Ranking convention** (Krishna et al. 2022, "The Disagreement Problem", arXiv 2202.01602,
-§3): features are ranked by |attribution|, largest first. Ties are broken by flat feature
-index (the lower index ranks first), so "the top-k" is always exactly k features. The
-helpers `descending_order`, `descending_positions`, `top_features` and `average_ranks`
-implement this once for every metric here and in `lib.attribution.metrics`.
+Maps, the ranking convention and each metric are described in `ranking` and `similarity`.
 
 Metrics (E1, E2 two maps of one input, T1, T2 their top-k feature sets):
 

@@ -22,8 +22,9 @@ import pytest
 import torch
 from torch import nn
 
-from launch.bench_torch import SmallCNN, copy_small_cnn
+from launch.bench_torch import SmallCNN
 from lib import models
+from tests.synthetic import block_images, small_cnn_twins
 
 INPUT_SHAPE = (16, 16, 3)
 NUM_CLASSES = 5
@@ -97,20 +98,13 @@ class Mirror:
 
 @pytest.fixture(scope='session')
 def mirror() -> Mirror:
-  torch.manual_seed(0)
-  net = SmallCNN(INPUT_SHAPE[-1], WIDTHS, NUM_CLASSES).double().eval()
-  model = models.get_model('cnn', input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES,
-                           widths=WIDTHS, batch_norm=False)
-  variables = copy_small_cnn(net, model)
+  net, model, variables = small_cnn_twins(INPUT_SHAPE, WIDTHS, NUM_CLASSES, torch.float64)
   return Mirror(net, model, variables, images(0), np.array([1, 4, 2]))
 
 
 def images(seed: int, batch: int = BATCH) -> np.ndarray:
-  """[batch, *INPUT_SHAPE] float32 pixels in [0, 1]: 4x4 blocks of colour plus fine noise."""
-  rng = np.random.default_rng(seed)
-  h, w, c = INPUT_SHAPE
-  blocks = np.repeat(np.repeat(rng.uniform(size=(batch, 4, 4, c)), h // 4, 1), w // 4, 2)
-  return (0.7 * blocks + 0.3 * rng.uniform(size=(batch, h, w, c))).astype(np.float32)
+  """[batch, *INPUT_SHAPE] float32 pixels in [0, 1] (`tests.synthetic.block_images`)."""
+  return block_images(seed, batch, INPUT_SHAPE)
 
 
 def relative_error(actual, expected) -> float:
