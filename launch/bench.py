@@ -1,4 +1,4 @@
-r"""Benchmarks: `python -m launch.bench [--only=sweep,resnet,flops,conv,attribution,pgd] [--quick]`.
+r"""Benchmarks: `python -m launch.bench [--only=sweep,...,pgd,attacks] [--quick]`.
 
   (a) sweep:  N seeds of the small CNN as one vmapped program (`lib.sweep`) vs the same seeds
               trained one after another, N = 1, 4, 16, 64 (steps*seeds/s and their ratio).
@@ -14,6 +14,9 @@ r"""Benchmarks: `python -m launch.bench [--only=sweep,resnet,flops,conv,attribut
   (f) pgd:    PGD-20 on the 3-conv CNN (batch 128), torchattacks vs JAX with XLA's own
               convolution gradients or `lib.models.conv`, each without and with the
               YNNPACK flag of launch/_env.sh (images/s).
+  (g) attacks: `lib.attacks` PGD-20 and APGD-100 vs torchattacks on the small CNN and
+              ResNet-18 (images/s, same weights), and robust accuracy at 8 ε × 5 restarts as
+              one vmapped JAX program vs torchattacks' loops (launch/bench_attacks.py).
 
 XLA runs with launch/_env.sh's flag (`--noynn_flag` for XLA's defaults). `--plain_conv` runs
 every benchmark with the models' convolutions as they were before
@@ -42,7 +45,8 @@ import time
 
 from absl import app, flags
 
-_ONLY = flags.DEFINE_list('only', ['sweep', 'resnet', 'flops', 'conv', 'attribution', 'pgd'],
+_ONLY = flags.DEFINE_list('only', ['sweep', 'resnet', 'flops', 'conv', 'attribution', 'pgd',
+                                   'attacks'],
                           'Benchmarks to run.')
 _QUICK = flags.DEFINE_bool('quick', False, 'Smoke run: small configurations, few repeats.')
 _OUT = flags.DEFINE_string('out', 'workdirs/bench/bench.json', 'JSON results path (bench.md beside it).')
@@ -58,7 +62,7 @@ _YNN = flags.DEFINE_bool('ynn_flag', True, 'Run with launch/_env.sh\'s XLA flag 
 _PLAIN_CONV = flags.DEFINE_bool('plain_conv', False, 'Trace convolutions as before lib.models.conv '
                                 "(lax.conv_general_dilated, XLA's own gradients): 'before' figures.")
 
-BENCHMARKS = ('sweep', 'resnet', 'flops', 'conv', 'attribution', 'pgd')
+BENCHMARKS = ('sweep', 'resnet', 'flops', 'conv', 'attribution', 'pgd', 'attacks')
 
 
 def _settings(quick: bool) -> dict:
@@ -74,6 +78,9 @@ def _settings(quick: bool) -> dict:
         'attribution': dict(batch_size=4, image_size=16, widths=(8, 16, 32), ig_steps=8,
                             sg_samples=4, warmup=1, repeats=2),
         'pgd': dict(batch_size=16, steps=5, warmup=0, repeats=1),
+        'attacks': dict(batch_size=8, resnet_batch=4, pgd_steps=5, apgd_steps=5, sweep_batch=4,
+                        sweep_steps=5, restarts=2, warmup=1, repeats=1,
+                        resnet_arch={'widths': (8, 16, 32, 64), 'blocks': (1, 1, 1, 1)}),
     }
   return {
       'sweep': dict(num_seeds=(1, 4, 16, 64), sweep_steps={1: 10, 4: 4, 16: 2, 64: 1}, seq_seeds=4,
@@ -84,6 +91,9 @@ def _settings(quick: bool) -> dict:
       'attribution': dict(batch_size=32, image_size=32, widths=(16, 32, 64), ig_steps=50,
                           sg_samples=25, warmup=1, repeats=5),
       'pgd': dict(batch_size=128, steps=20, warmup=1, repeats=3),
+      # ResNet-18 at batch 128 with APGD-100 would take many minutes per call on 2 CPU cores.
+      'attacks': dict(batch_size=128, resnet_batch=8, pgd_steps=20, apgd_steps=100,
+                      sweep_batch=16, sweep_steps=20, restarts=5, warmup=1, repeats=2),
   }
 
 
@@ -103,7 +113,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   from launch import bench_common as common  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_default_matmul_precision', _PRECISION.value)
-  from launch import bench_attribution, bench_conv, bench_flops, bench_pgd, bench_resnet, bench_sweep  # pylint: disable=g-import-not-at-top
+  from launch import bench_attacks, bench_attribution, bench_conv, bench_flops, bench_pgd, bench_resnet, bench_sweep  # pylint: disable=g-import-not-at-top
 
   settings = _settings(_QUICK.value)
   if _SEEDS.value:
@@ -127,7 +137,8 @@ def main(argv):
             'flops': '(c) Achieved FLOP/s vs measured matmul peak',
             'conv': '(d) One convolution at top level, under vmap, in loops',
             'attribution': '(e) Attribution methods: lib.attribution vs Captum',
-            'pgd': '(f) PGD on the 3-conv CNN: torchattacks vs JAX by convolution path and XLA flag'}
+            'pgd': '(f) PGD on the 3-conv CNN: torchattacks vs JAX by convolution path and XLA flag',
+            'attacks': '(g) lib.attacks PGD/APGD vs torchattacks, and an ε × restarts sweep'}
   env['plain_conv'] = _PLAIN_CONV.value
   with common.plain_convolutions() if _PLAIN_CONV.value else contextlib.nullcontext():
     for name in BENCHMARKS:
@@ -144,6 +155,8 @@ def main(argv):
         results[name] = bench_conv.run(log=_log, **settings['conv'])
       elif name == 'pgd':
         results[name] = bench_pgd.run(log=_log, **settings['pgd'])
+      elif name == 'attacks':
+        results[name] = bench_attacks.run(log=_log, **settings['attacks'])
       else:
         results[name] = bench_attribution.run(log=_log, **settings['attribution'])
       results[name]['wall_s'] = time.perf_counter() - t0

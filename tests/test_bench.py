@@ -1,11 +1,12 @@
-"""The attribution and PGD benchmarks run end to end (quick settings) and both frameworks agree;
-the XLA flag the launchers and benchmarks set is accepted and does what they say.
+"""The attribution, PGD and attacks benchmarks run end to end (quick settings) and both
+frameworks agree; the XLA flag the launchers and benchmarks set is accepted and does what they say.
 
 Timings are not asserted (they are measured, not tested); the maps each side produced for
 the same inputs are, so the benchmark cannot silently compare different computations.
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -45,3 +46,18 @@ def test_quick_pgd_benchmark_compares_equal_attacks(tmp_path):
     assert rate > 0 and ratio > 0, name
     assert abs(loss - torch_loss) <= 1e-3 * abs(torch_loss), (name, loss, torch_loss)
     assert differing < 0.01, (name, differing, max_diff)
+
+
+def test_quick_attacks_benchmark_times_both_sides_on_the_same_attacks(tmp_path):
+  """Every row (PGD and APGD on both networks, the ε × restarts sweep) has finite positive
+  rates on both sides, the weight copy holds, and the robust accuracies agree."""
+  result = quick_bench('attacks', tmp_path)
+  rows = result['rows']
+  assert [r[0].split(',')[0] for r in rows] == ['PGD-5', 'APGD-5', 'PGD-5', 'APGD-5',
+                                                '8 ε × 2 restarts PGD-5']
+  for name, jax_rate, torch_rate, ratio, acc_jax, acc_torch, logit_diff, _ in rows:
+    assert all(math.isfinite(v) and v > 0 for v in (jax_rate, torch_rate, ratio)), name
+    assert abs(acc_jax - acc_torch) <= 0.25, (name, acc_jax, acc_torch)
+    assert logit_diff < 1e-4, (name, logit_diff)
+  sweep = result['sweep']
+  assert len(sweep['robust_jax']) == len(sweep['robust_torchattacks']) == 8

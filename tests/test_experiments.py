@@ -15,6 +15,10 @@ def test_main_job_writes_report_with_every_study(tmp_path):
   tiny = {
       'classifier': ['num_steps=6', 'warmup_steps=1', 'batch_size=16', 'num_train=200',
                      'eval_every=6', 'checkpoint_every=3'],
+      'robustness': ['num_steps=4', 'warmup_steps=1', 'batch_size=16', 'num_train=200',
+                     'eval_every=4', 'checkpoint_every=2', 'num_eval=8', 'linf_eps=8',
+                     'l2_eps=0.5', 'pgd_steps=2', 'apgd_steps=2', 'square_queries=4',
+                     'n_target_classes=1'],
       'attribution_integrity': ['num_seeds=2', 'num_steps=4', 'warmup_steps=1', 'batch_size=16',
                                 'num_train=200', 'num_eval=8', 'num_audit=4', 'strengths=1,100',
                                 'ig_steps=2', 'smoothgrad_samples=2', 'checkpoint_every=2'],
@@ -35,7 +39,8 @@ def test_main_job_writes_report_with_every_study(tmp_path):
   for study in ('Classifier', 'Explanation integrity'):
     assert any(row.startswith(f'| {study}') for row in summary), summary
   for heading in ('| study | wall time |', '## Classifier', '## Explanation integrity',
-                  'max \\|Δp\\| float64', 'Pointing game', 'ROC AUC'):
+                  'max \\|Δp\\| float64', 'Pointing game', 'ROC AUC',
+                  '## Adversarial robustness'):
     assert heading in report
   for figure in ('classifier/training_curves.png', 'classifier/samples.png',
                  'attribution_integrity/heatmaps.png', 'attribution_integrity/detection_auc.png'):

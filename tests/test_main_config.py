@@ -11,6 +11,7 @@ DOCUMENTED = {
     'classifier': ['', 'runlocal', 'digits', 'runlocal,digits', 'cifar10', 'cifar10,wrn'],
     'seed_sweep': ['', 'runlocal', 'digits', 'cifar10', 'cifar10,wrn'],
     'attribution_integrity': ['', 'runlocal'],
+    'robustness': ['', 'runlocal', 'digits', 'cifar10', 'cifar10,wrn'],
 }
 
 
@@ -25,14 +26,17 @@ def test_every_study_of_the_main_job_has_documented_variants():
 
 
 @pytest.mark.parametrize('arg, expected', [
-    ('runlocal', {'classifier': 'runlocal', 'attribution_integrity': 'runlocal'}),
-    ('', {'classifier': '', 'attribution_integrity': ''}),
-    ('classifier=cifar10', {'classifier': 'cifar10', 'attribution_integrity': ''}),
+    ('runlocal', {'classifier': 'runlocal', 'attribution_integrity': 'runlocal',
+                  'robustness': 'runlocal'}),
+    ('', {'classifier': '', 'attribution_integrity': '', 'robustness': ''}),
+    ('classifier=cifar10', {'classifier': 'cifar10', 'attribution_integrity': '',
+                            'robustness': ''}),
     ('runlocal,classifier=cifar10+wrn',
-     {'classifier': 'cifar10,wrn', 'attribution_integrity': 'runlocal'}),
-    ('runlocal,classifier=', {'classifier': '', 'attribution_integrity': 'runlocal'}),
+     {'classifier': 'cifar10,wrn', 'attribution_integrity': 'runlocal', 'robustness': 'runlocal'}),
+    ('runlocal,classifier=', {'classifier': '', 'attribution_integrity': 'runlocal',
+                              'robustness': 'runlocal'}),
     ('classifier=digits,attribution_integrity=runlocal',
-     {'classifier': 'digits', 'attribution_integrity': 'runlocal'}),
+     {'classifier': 'digits', 'attribution_integrity': 'runlocal', 'robustness': ''}),
 ])
 def test_study_args(arg, expected):
   assert main.study_args(arg) == expected
