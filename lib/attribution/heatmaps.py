@@ -9,6 +9,8 @@ most of the time of a small study on CPU.
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -50,7 +52,13 @@ def all_heatmaps(methods: Mapping[str, registry.Method],
   for model_name, (apply, model_scores) in models.items():
     for name, method in methods.items():
       wanted = [s for s in model_scores if method.supports(s)]
-      maps = jax.jit(lambda p, x, t, k, method=method, apply=apply, wanted=wanted: [
-          heatmap(method, apply, p, x, t, s, k) for s in wanted])(params, x, target, key)
+      maps = _maps(params, x, target, key, method=method, apply=apply, scores=tuple(wanted))
       out.update({(model_name, name, s): np.asarray(m) for s, m in zip(wanted, maps)})
   return out
+
+
+@functools.partial(jax.jit, static_argnames=('method', 'apply', 'scores'))
+def _maps(params: Any, x: Array, target: Array, key: Array | None, *,
+          method: registry.Method, apply: contract.Apply, scores: tuple[str, ...]) -> list[Array]:
+  """One compiled program per (method, model, scores): every score's heatmap together."""
+  return [heatmap(method, apply, params, x, target, s, key) for s in scores]
