@@ -13,7 +13,9 @@ Protocol:
    (wrappers of its apply): quantised input round(4x)/4 (zero gradients) and a saturated
    softmax (logits × `saturation_scale`: the CE gradient underflows).
 4. The ensemble's robust accuracy on each planted variant at `main_eps`: does it still break
-   them?
+   them? And the adaptive attack each masking calls for (Athalye et al. 2018; Carlini et al.
+   2019), on every model: PGD through the quantiser with BPDA (identity backward) and PGD
+   with the margin loss (which does not saturate).
 
 `experiments.robustness_report.section` writes the report from the numbers (`Results`).
 
@@ -41,7 +43,7 @@ from absl import logging
 from experiments import classifier
 from experiments import robustness_report as report
 from lib import contract, train, validate
-from lib.attacks import apgd, checks, ensemble, evaluate, pgd, square
+from lib.attacks import apgd, bpda, checks, ensemble, evaluate, pgd, square
 from lib.report import markdown
 
 ATTACKS = ('fgsm', 'pgd', 'apgd_ce', 'apgd_t', 'square', 'ensemble')
@@ -120,16 +122,25 @@ def check_against_data(c: ml_collections.ConfigDict, num_test: int, num_classes:
                      f'{num_classes} classes of {c.dataset!r}.')
 
 
-def masked_model(apply: Callable[..., Any]) -> Callable[..., jax.Array]:
+def _quantise(x: jax.Array, levels: jax.Array) -> jax.Array:
+  return jnp.round(x * levels) / jnp.maximum(levels, 1.0)
+
+
+def masked_model(apply: Callable[..., Any], *, through_bpda: bool = False
+                 ) -> Callable[..., jax.Array]:
   """`masked(params, x) -> logits` with params = (variables, logit scale, input levels).
 
   Scale 1 and 0 levels is the honest model; levels L > 0 quantise the input to round(L x)/L
   (zero input gradients), a large scale saturates the softmax (vanishing CE gradients). All
   three models share one function, so each attack compiles once for all of them.
+  `through_bpda=True` gives the same forward function with the quantiser's backward pass
+  replaced by the identity (`lib.attacks.bpda`): the adaptive attacker's view of it.
   """
+  quantise = bpda.bpda(_quantise) if through_bpda else _quantise
+
   def masked(params, x):
     variables, scale, levels = params
-    x = jnp.where(levels > 0, jnp.round(x * levels) / jnp.maximum(levels, 1.0), x)
+    x = jnp.where(levels > 0, quantise(x, levels), x)
     return contract.as_outputs(apply(variables, x)).logits * scale
 
   return masked
@@ -198,11 +209,32 @@ class Results(NamedTuple):
     reports: model name -> `checks.Report` at the ℓ∞ radius main_eps / 255.
     planted: model name -> the ensemble's accuracy after each stage (`EnsembleResult.accuracy`)
       at main_eps / 255.
+    adaptive: model name -> adaptive attack (ADAPTIVE) -> accuracy at main_eps / 255.
   """
   clean: float
   curves: dict[str, dict[str, list[tuple[float, float]]]]
   reports: dict[str, checks.Report]
   planted: dict[str, dict[str, float]]
+  adaptive: dict[str, dict[str, float]]
+
+
+ADAPTIVE = ('PGD + BPDA', 'PGD, margin loss')
+
+
+def adaptive_attacks(c, apply, models, x, y, key) -> dict[str, dict[str, float]]:
+  """model name -> {attack in ADAPTIVE: accuracy}: PGD (the checks' steps, random start) at
+  main_eps through the BPDA view of the quantiser, and with the margin loss, each evaluated
+  on the model itself (the forward function is the same)."""
+  eps, masked = c.main_eps / 255, masked_model(apply)
+  through_bpda = masked_model(apply, through_bpda=True)
+  out = {}
+  for name, params in models.items():
+    common = dict(eps=eps, steps=c.pgd_steps, random_start=True, key=key)
+    out[name] = {
+        'PGD + BPDA': accuracy(masked, params, pgd.pgd(through_bpda, params, x, y, **common), y),
+        'PGD, margin loss': accuracy(
+            masked, params, pgd.pgd(masked, params, x, y, loss='margin', **common), y)}
+  return out
 
 
 def measure(c: ml_collections.ConfigDict, apply, params, x, y) -> Results:
@@ -223,8 +255,9 @@ def measure(c: ml_collections.ConfigDict, apply, params, x, y) -> Results:
   planted = {name: run_ensemble(masked, models[name], x, y, eps=eps, norm='linf',
                                 key=jax.random.fold_in(key, 2), c=c).accuracy
              for name in ('honest', *PLANTED)}
+  adaptive = adaptive_attacks(c, apply, models, x, y, jax.random.fold_in(key, 4))
   logging.info('robustness: checks and planted models in %.0f s', time.time() - start)
-  return Results(accuracy(masked, honest, x, y), sweep, reports, planted)
+  return Results(accuracy(masked, honest, x, y), sweep, reports, planted, adaptive)
 
 
 def run(c: ml_collections.ConfigDict, workdir: str) -> markdown.Section:

@@ -81,13 +81,16 @@ def verdict_table(results: Any) -> markdown.Table:
 
 
 def planted_table(results: Any) -> markdown.Table:
-  """Per model: clean accuracy, PGD (the checks' attack), then each ensemble stage."""
+  """Per model: PGD (the checks' attack), each ensemble stage, then the adaptive attacks."""
   stages = list(next(iter(results.planted.values())))
-  rows = [[m, results.reports[m].robust_accuracy, *[acc[s] for s in stages]]
+  adaptive = list(next(iter(results.adaptive.values())))
+  rows = [[m, results.reports[m].robust_accuracy, *[acc[s] for s in stages],
+           *[results.adaptive[m][a] for a in adaptive]]
           for m, acc in results.planted.items()]
-  return markdown.Table('Accuracy at the main radius: PGD (as in the checks) and the ensemble '
-                        '(cumulative, stage by stage):',
-                        ['model', 'PGD', *[f'ensemble: {s}' for s in stages]], rows)
+  return markdown.Table('Accuracy at the main radius: PGD (as in the checks), the ensemble '
+                        '(cumulative, stage by stage) and the adaptive attacks (PGD with the '
+                        'same steps through BPDA, or with the margin loss):',
+                        ['model', 'PGD', *[f'ensemble: {s}' for s in stages], *adaptive], rows)
 
 
 def planted_sentence(results: Any, tolerance: float) -> str:
@@ -101,8 +104,10 @@ def planted_sentence(results: Any, tolerance: float) -> str:
     final, pgd_acc = list(acc.values())[-1], results.reports[name].robust_accuracy
     broken = 'breaks it as far as the honest model' if final <= base + tolerance else (
         f'does not break it as far as the honest model ({base:.3f})')
+    best_name, best = min(results.adaptive[name].items(), key=lambda kv: kv[1])
     parts.append(f'on the {name} model PGD reports {pgd_acc:.3f} and the ensemble {final:.3f}: '
-                 f'the ensemble {broken}; the checks say {results.reports[name].verdict}')
+                 f'the ensemble {broken}; the best adaptive attack ({best_name}) reaches '
+                 f'{best:.3f}; the checks say {results.reports[name].verdict}')
   honest_verdict = results.reports['honest'].verdict
   return (f'The checks say {honest_verdict} for the honest model; ' + '; '.join(parts) + '.')
 

@@ -59,60 +59,6 @@ class Problem(NamedTuple):
   logit_diff: float
 
 
-def copy_resnet(net, model: Any) -> dict:
-  """Variables of `model` (a `lib.models` 'resnet18') holding `bench_torch.ResNet` `net`'s weights.
-
-  Args:
-    net: a `launch.bench_torch.ResNet` of the same widths and blocks.
-    model: the `lib.models` ResNet.
-
-  Returns:
-    {'params', 'batch_stats'}: OIHW kernels as HWIO, BN scale/bias and running statistics.
-  """
-  as_np = lambda t: np.asarray(t.detach().cpu().numpy(), np.float32)
-
-  def conv_bn(seq):
-    conv, bn = seq
-    params = {'conv': {'kernel': as_np(conv.weight.permute(2, 3, 1, 0))},
-              'bn': {'scale': as_np(bn.weight), 'bias': as_np(bn.bias)}}
-    return params, {'bn': {'mean': as_np(bn.running_mean), 'var': as_np(bn.running_var)}}
-
-  params, stats = {}, {}
-  params['stem'], stats['stem'] = conv_bn(net.stem)
-  stages, stage_stats, width = [], [], None
-  for block in net.stages:  # a stage is a run of blocks of one width
-    if block.conv2[0].out_channels != width:
-      width = block.conv2[0].out_channels
-      stages.append([])
-      stage_stats.append([])
-    pair = {name: conv_bn(getattr(block, name)) for name in ('conv1', 'conv2', 'shortcut')
-            if getattr(block, name) is not None}
-    stages[-1].append({k: v[0] for k, v in pair.items()})
-    stage_stats[-1].append({k: v[1] for k, v in pair.items()})
-  # nnx lists are int-keyed dicts in plain variables.
-  params['stages'] = {i: {'blocks': dict(enumerate(b))} for i, b in enumerate(stages)}
-  stats['stages'] = {i: {'blocks': dict(enumerate(b))} for i, b in enumerate(stage_stats)}
-  params['head'] = {'kernel': as_np(net.head.weight.T), 'bias': as_np(net.head.bias)}
-  variables = {'params': params, 'batch_stats': stats}
-  expected = jax.tree.map(lambda a: a.shape, jax.eval_shape(model.init, jax.random.key(0)))
-  if jax.tree.map(np.shape, variables) != expected:
-    raise ValueError(f'model has variables of shapes {expected}; the PyTorch net has '
-                     f'{jax.tree.map(np.shape, variables)}.')
-  return variables
-
-
-def _randomize_batch_norm(net) -> None:
-  """Random BN affine maps and running statistics, so evaluation mode is not the identity."""
-  import torch  # pylint: disable=g-import-not-at-top
-  with torch.no_grad():
-    for module in net.modules():
-      if isinstance(module, torch.nn.BatchNorm2d):
-        module.weight.uniform_(0.5, 1.0)
-        module.bias.normal_(0.0, 0.1)
-        module.running_mean.normal_(0.0, 0.1)
-        module.running_var.uniform_(1.0, 2.0)
-
-
 def make_problem(name: str, batch_size: int, resnet_arch: dict | None = None) -> Problem:
   """The 'cnn' or 'resnet18' `Problem` at `batch_size` (seeded: the same every call).
 
@@ -132,9 +78,9 @@ def make_problem(name: str, batch_size: int, resnet_arch: dict | None = None) ->
   else:
     arch = resnet_arch or {}
     net = bench_torch.ResNet(num_classes=NUM_CLASSES, **arch).eval()
-    _randomize_batch_norm(net)
+    bench_torch.randomize_batch_norm(net)
     model = models.get_model('resnet18', input_shape=IMAGE, num_classes=NUM_CLASSES, **arch)
-    variables = copy_resnet(net, model)
+    variables = bench_torch.copy_resnet(net, model)
   apply = lambda v, xa: model.apply(v, xa).logits
   x = np.random.default_rng(0).random((batch_size, *IMAGE), np.float32)
   with torch.no_grad():

@@ -2,7 +2,8 @@
 
 `SmallCNN` mirrors `lib.models.cnn.SmallCNN` (without batch norm), with `copy_small_cnn` to
 copy its weights into ours; `ResNet` and its SGD training step `make_step` mirror
-`lib.models.resnet.ResNet`.
+`lib.models.resnet.ResNet`, with `copy_resnet` (and `randomize_batch_norm`, so that evaluation-mode
+batch norm is not the identity).
 
 ResNet:
 The architecture mirrors `lib.models.resnet.ResNet` layer for layer: a 3x3 stride-1 stem
@@ -56,6 +57,15 @@ class SmallCNN(nn.Module):
     return self.fc(x.mean(dim=(2, 3)))
 
 
+def _checked(variables: dict, model: Any) -> dict:
+  """`variables` if their shapes are `model`'s; else ValueError listing both."""
+  expected = jax.tree.map(lambda a: a.shape, jax.eval_shape(model.init, jax.random.key(0)))
+  if jax.tree.map(np.shape, variables) != expected:
+    raise ValueError(f'model has variables of shapes {expected}; the PyTorch net has '
+                     f'{jax.tree.map(np.shape, variables)}.')
+  return variables
+
+
 def copy_small_cnn(net: SmallCNN, model: Any) -> dict:
   """Variables of `model` (a `lib.models` 'cnn' without batch norm) holding `net`'s weights.
 
@@ -66,11 +76,7 @@ def copy_small_cnn(net: SmallCNN, model: Any) -> dict:
                'bias': as_np(getattr(net, f'conv{i + 1}').bias)} for i in range(net.n_convs)}
   head = {'kernel': as_np(net.fc.weight.T), 'bias': as_np(net.fc.bias)}
   variables = {'params': {'convs': convs, 'head': head}, 'batch_stats': {}}
-  expected = jax.tree.map(lambda a: a.shape, jax.eval_shape(model.init, jax.random.key(0)))
-  if jax.tree.map(np.shape, variables) != expected:
-    raise ValueError(f'model has variables of shapes {expected}; the PyTorch net has '
-                     f'{jax.tree.map(np.shape, variables)}.')
-  return variables
+  return _checked(variables, model)
 
 
 def torch_device() -> str:
@@ -123,6 +129,55 @@ class ResNet(nn.Module):
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     x = self.stages(F.relu(self.stem(x)))
     return self.head(x.mean(dim=(2, 3)))
+
+
+def copy_resnet(net: ResNet, model: Any) -> dict:
+  """Variables of `model` (a `lib.models` 'resnet18') holding `ResNet` `net`'s weights.
+
+  Args:
+    net: a `ResNet` of the same widths and blocks.
+    model: the `lib.models` ResNet.
+
+  Returns:
+    {'params', 'batch_stats'}: OIHW kernels as HWIO, BN scale/bias and running statistics.
+  """
+  as_np = lambda t: np.asarray(t.detach().cpu().numpy(), np.float32)
+
+  def conv_bn(seq):
+    conv, bn = seq
+    params = {'conv': {'kernel': as_np(conv.weight.permute(2, 3, 1, 0))},
+              'bn': {'scale': as_np(bn.weight), 'bias': as_np(bn.bias)}}
+    return params, {'bn': {'mean': as_np(bn.running_mean), 'var': as_np(bn.running_var)}}
+
+  params, stats = {}, {}
+  params['stem'], stats['stem'] = conv_bn(net.stem)
+  stages, stage_stats, width = [], [], None
+  for block in net.stages:  # a stage is a run of blocks of one width
+    if block.conv2[0].out_channels != width:
+      width = block.conv2[0].out_channels
+      stages.append([])
+      stage_stats.append([])
+    pair = {name: conv_bn(getattr(block, name)) for name in ('conv1', 'conv2', 'shortcut')
+            if getattr(block, name) is not None}
+    stages[-1].append({k: v[0] for k, v in pair.items()})
+    stage_stats[-1].append({k: v[1] for k, v in pair.items()})
+  # nnx lists are int-keyed dicts in plain variables.
+  params['stages'] = {i: {'blocks': dict(enumerate(b))} for i, b in enumerate(stages)}
+  stats['stages'] = {i: {'blocks': dict(enumerate(b))} for i, b in enumerate(stage_stats)}
+  params['head'] = {'kernel': as_np(net.head.weight.T), 'bias': as_np(net.head.bias)}
+  variables = {'params': params, 'batch_stats': stats}
+  return _checked(variables, model)
+
+
+def randomize_batch_norm(net: nn.Module) -> None:
+  """Random BN affine maps and running statistics, so evaluation mode is not the identity."""
+  with torch.no_grad():
+    for module in net.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.weight.uniform_(0.5, 1.0)
+        module.bias.normal_(0.0, 0.1)
+        module.running_mean.normal_(0.0, 0.1)
+        module.running_var.uniform_(1.0, 2.0)
 
 
 def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, *, compile_step: bool = False):

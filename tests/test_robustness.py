@@ -2,6 +2,8 @@
 
 import os
 
+import jax
+import numpy as np
 import pytest
 
 from experiments import robustness
@@ -80,6 +82,20 @@ def test_tiny_run_returns_section_with_tables_figure_and_headline(tmp_path):
   overall = dict((row[0], row[1:]) for row in verdicts.rows)['**overall**']
   assert overall[1:] == ['fail', 'fail']
   assert [row[0] for row in planted.rows] == ['honest', 'quantised', 'saturated']
+  assert planted.header[-2:] == list(robustness.ADAPTIVE)
   (figure,) = section.figures
   assert os.path.exists(tmp_path / figure.path)
   assert 'The ensemble' in section.render()
+
+
+def test_bpda_view_of_the_quantiser_has_the_same_outputs_and_the_identity_gradient():
+  w = jax.random.normal(jax.random.key(0), (12, 3))
+  apply = lambda v, x: x.reshape(len(x), -1) @ v
+  params = robustness.planted_params(w, 1e4)['quantised']
+  x = jax.random.uniform(jax.random.key(1), (2, 2, 2, 3))
+  plain = robustness.masked_model(apply)
+  through = robustness.masked_model(apply, through_bpda=True)
+  np.testing.assert_array_equal(plain(params, x), through(params, x))
+  grad = lambda f: jax.grad(lambda x: f(params, x)[:, 0].sum())(x)
+  assert not np.any(grad(plain))
+  np.testing.assert_allclose(grad(through), np.broadcast_to(w[:, 0].reshape(2, 2, 3), x.shape))

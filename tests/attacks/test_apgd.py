@@ -68,14 +68,16 @@ def test_robust_accuracy_matches_torchattacks_apgd(twin, data, norm, loss):
   assert size.max() <= EPS[norm] * (1 + 1e-5)
 
 
-def test_robust_accuracy_matches_torchattacks_apgdt(twin, data):
+@pytest.mark.parametrize('norm', ['linf', 'l2'])
+def test_robust_accuracy_matches_torchattacks_apgdt(twin, data, norm):
   x, y = data
-  ours = apgd.apgd_targeted(twin.apply, twin.variables, x, y, eps=EPS['linf'], steps=STEPS,
-                            n_target_classes=NUM_CLASSES - 1, key=jax.random.key(0))
-  ref = torchattacks.APGDT(twin.net, eps=EPS['linf'], steps=STEPS, n_classes=NUM_CLASSES)(
+  ours = apgd.apgd_targeted(twin.apply, twin.variables, x, y, eps=EPS[norm], norm=norm,
+                            steps=STEPS, n_target_classes=NUM_CLASSES - 1, key=jax.random.key(0))
+  ref = torchattacks.APGDT(twin.net, norm=TORCH_NORM[norm], eps=EPS[norm], steps=STEPS,
+                           n_classes=NUM_CLASSES)(
       twin.to_torch(x), torch.from_numpy(y.astype(np.int64)))
   acc_ours, acc_ref = _accuracy(twin, ours, y), _accuracy(twin, twin.from_torch(ref), y)
-  print(f'APGD-T linf: robust accuracy ours {acc_ours:.4f} torchattacks {acc_ref:.4f}')
+  print(f'APGD-T {norm}: robust accuracy ours {acc_ours:.4f} torchattacks {acc_ref:.4f}')
   assert abs(acc_ours - acc_ref) <= 0.01
 
 
