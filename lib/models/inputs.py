@@ -158,6 +158,11 @@ class NoisyImages(InputSpec):
     return {'x': jax.ShapeDtypeStruct((1, *self.image_shape), np.float32),
             't': jax.ShapeDtypeStruct((1,), np.int32)}
 
+  @property
+  def shape(self) -> tuple[int, int, int]:
+    """(H, W, C) of the noisy images (the primary input; not the timesteps' ())."""
+    return self.image_shape
+
   def check(self, inputs: Any, name: str = 'x') -> None:
     _check_keys(inputs, ('x', 't'), name)
     validate.check_images(inputs['x'], f"{name}['x']", shape=self.image_shape,

@@ -100,8 +100,8 @@ def test_unprepared_data_set_raises_without_downloading(tmp_path):
 @pytest.mark.parametrize('name, message', [
     ('tfds:no_such_data_set', r"no_such_data_set.*'mnist'.*'cifar10'"),
     ('tfds:imdb_reviews', "expected an 'image'"),
-    ('tfds:', r"expected one of \['digits', 'shapes', 'mnist'"),
-    ('imagenet', r"expected one of \['digits', 'shapes', 'mnist'.*'imagenet2012'"),
+    ('tfds:', r"expected one of \['digits', 'shapes', 'bios', 'bias_in_bios', 'mnist'"),
+    ('imagenet', r"expected one of \['digits', 'shapes'.*'mnist'.*'imagenet2012'"),
 ])
 def test_bad_names_raise_with_choices(name, message):
   with pytest.raises(ValueError, match=message):

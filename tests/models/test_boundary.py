@@ -260,6 +260,7 @@ class ToyDenoiser(nnx.Module):
 def test_noisy_image_family():
   model = models.PureModel('toy_denoiser', ToyDenoiser, NoisyImages(INPUT_SHAPE))
   assert model.tap_shapes == {'conv': INPUT_SHAPE} and model.num_classes is None
+  assert model.input_shape == INPUT_SHAPE   # the images' shape, not the timesteps'
   variables = model.init(key(0))
   x = {'x': 3 * images(0) - 1, 't': np.array([0, 5], np.int32)}   # noisy: outside [0, 1]
   out = model.apply(variables, x)
