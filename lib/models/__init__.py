@@ -10,9 +10,20 @@
     text = models.get_model('text_transformer', input_shape=(16,), num_classes=2,
                             vocab_size=1000)   # inputs {'input_ids', 'attention_mask'}
 
+Published architectures load their real weights (safetensors only):
+
+    unet = models.get_model('ddpm_unet')        # diffusers UNet2DModel, ddpm-cifar10-32 config
+    variables = models.load_diffusers_unet('path/to/ddpm-cifar10-32')   # {'x', 't'} -> eps
+    bert = models.load_bert('path/to/bert-tiny')         # .model, .variables (HF BertModel)
+    clip, variables, report = models.load_clip('path/to/clip-vit-base-patch16')
+    encode = models.image_encoder(clip)         # (params, x in [0, 1]) -> Outputs(taps=hidden
+                                                # states, features=image embedding)
+
 Files: `core` (the NNX -> pure boundary), `inputs` (input families: images, tokens, noisy
 images), `layers`/`head`/`transformer` (building blocks), one file per architecture,
-`weights` (safetensors + name maps + shape checks, for converters of published weights).
+`weights` (safetensors + name maps + shape checks), `*_weights` (each published layout's
+name map and loader: `unet_weights` diffusers, `bert_weights` and `clip_weights` Hugging
+Face, with open_clip names for CLIP).
 
 Add a model: write an `nnx.Module` whose `__call__(inputs, ctx)` builds from
 `lib.models.layers`, records taps with `ctx.tap(name, x)` and returns
@@ -32,11 +43,16 @@ from typing import Any
 from flax import nnx
 
 from lib import validate
+from lib.models import bert, clip, unet, unet_config
+from lib.models.bert_weights import load_bert
+from lib.models.clip import Clip, ClipConfig, image_encoder
+from lib.models.clip_weights import load_clip, load_clip_weights
 from lib.models.cnn import SmallCNN
 from lib.models.core import Context, Outputs, PureModel, Rule, Variables
 from lib.models.inputs import Images, InputSpec, NoisyImages, Tokens
 from lib.models.resnet import ResNet
 from lib.models.text import TextTransformer
+from lib.models.unet_weights import load_diffusers_unet
 from lib.models.vit import ViT
 from lib.models.wide_resnet import WideResNet
 
@@ -71,9 +87,61 @@ _REGISTRY: dict[str, Family] = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class Configured:
+  """A published architecture built from its config dataclass (the fields of its config.json).
+
+  Attributes:
+    build: `build(config, num_classes, input_shape) -> PureModel`.
+    config: the default config (a frozen dataclass); `get_model`'s keyword arguments replace
+      its fields, or `config=` replaces it whole.
+  """
+  build: Callable[[Any, int | None, tuple[int, ...] | None], PureModel]
+  config: Any
+
+
+def _build_unet(config: unet_config.UNetConfig, num_classes: int | None,
+                input_shape: tuple[int, ...] | None) -> PureModel:
+  if num_classes is not None:
+    raise ValueError(f'a denoiser has no classification head; got num_classes={num_classes}.')
+  if input_shape is not None:
+    validate.check_ints(input_shape, 'input_shape', minimum=1, length=3)
+    h, w, c = input_shape
+    config = dataclasses.replace(config, sample_size=(h, w), in_channels=c, out_channels=c)
+  return unet.unet_model(config)
+
+
+def _build_bert(config: bert.BertConfig, num_classes: int | None,
+                input_shape: tuple[int, ...] | None) -> PureModel:
+  if input_shape is not None:
+    validate.check_ints(input_shape, 'input_shape', minimum=1, length=1)
+  return bert.bert_model(config, num_classes, max_len=None if input_shape is None else input_shape[0])
+
+
+# Published architectures: get_model(name, input_shape=..., num_classes=..., **config fields).
+# CLIP has two towers and its own entry points: `Clip(ClipConfig)`, `load_clip(folder)`.
+_CONFIGURED: dict[str, Configured] = {
+    'ddpm_unet': Configured(_build_unet, unet_config.DDPM_CIFAR10),
+    'bert': Configured(_build_bert, bert.BERT_TINY),
+}
+
+
 def model_names() -> tuple[str, ...]:
   """Names accepted by `get_model`."""
-  return tuple(sorted(_REGISTRY))
+  return tuple(sorted((*_REGISTRY, *_CONFIGURED)))
+
+
+def _get_configured(name: str, family: Configured, input_shape: tuple[int, ...] | None,
+                    num_classes: int | None, kwargs: dict[str, Any]) -> PureModel:
+  config = kwargs.pop('config', family.config)
+  if type(config) is not type(family.config):
+    raise ValueError(f'config of {name!r} must be a {type(family.config).__name__}; got '
+                     f'{type(config).__name__}.')
+  fields = sorted(f.name for f in dataclasses.fields(config))
+  unknown = sorted(set(kwargs) - set(fields))
+  if unknown:
+    raise ValueError(f'{name!r} has no option {unknown}; valid options: config and {fields}.')
+  return family.build(dataclasses.replace(config, **kwargs), num_classes, input_shape)
 
 
 def _check_options(name: str, module: Callable[..., nnx.Module], options: dict[str, Any],
@@ -116,10 +184,12 @@ def get_model(name: str, *, input_shape: tuple[int, ...] | None = None,
       network), a class count that is not None, 0 or an integer >= 2, or an option of the
       wrong type or range.
   """
-  if not isinstance(name, str) or name not in _REGISTRY:
+  if not isinstance(name, str) or name not in model_names():
     raise ValueError(f'model name {name!r} is not valid; expected one of {list(model_names())}.')
-  family = _REGISTRY[name]
   num_classes = _check_num_classes(num_classes)
+  if name in _CONFIGURED:
+    return _get_configured(name, _CONFIGURED[name], input_shape, num_classes, dict(kwargs))
+  family = _REGISTRY[name]
   options = {**family.defaults, **kwargs}
   if family.inputs == 'images':
     if input_shape is None:
@@ -141,5 +211,7 @@ def get_model(name: str, *, input_shape: tuple[int, ...] | None = None,
   return PureModel(name, lambda rngs: build(rngs=rngs), inputs, num_classes=num_classes)
 
 
-__all__ = ['Context', 'Family', 'Images', 'InputSpec', 'NoisyImages', 'Outputs', 'PureModel',
-           'Rule', 'Tokens', 'Variables', 'get_model', 'model_names']
+__all__ = ['Clip', 'ClipConfig', 'Configured', 'Context', 'Family', 'Images', 'InputSpec',
+           'NoisyImages', 'Outputs', 'PureModel', 'Rule', 'Tokens', 'Variables', 'bert', 'clip',
+           'get_model', 'image_encoder', 'load_bert', 'load_clip', 'load_clip_weights',
+           'load_diffusers_unet', 'model_names', 'unet']

@@ -34,3 +34,21 @@ def test_bad_shape_or_classes_raise(input_shape, num_classes, message):
 def test_parameter_counts(name, count):
   assert param_count(full_model(name)) == count
 
+
+
+def test_configured_families_take_config_fields_and_reject_others():
+  assert {'ddpm_unet', 'bert'} <= set(models.model_names())
+  unet = models.get_model('ddpm_unet', input_shape=(8, 8, 3), block_out_channels=(8, 16),
+                          down_block_types=('DownBlock2D', 'AttnDownBlock2D'),
+                          up_block_types=('AttnUpBlock2D', 'UpBlock2D'), norm_num_groups=4,
+                          layers_per_block=1)
+  assert unet.input_shape == (8, 8, 3) and unet.num_classes is None
+  bert = models.get_model('bert', input_shape=(12,), num_classes=3, hidden_size=16,
+                          num_attention_heads=2, intermediate_size=32, num_hidden_layers=1)
+  assert bert.num_classes == 3
+  with pytest.raises(ValueError, match=r"'bert' has no option \['widths'\]"):
+    models.get_model('bert', widths=(1,))
+  with pytest.raises(ValueError, match='no classification head'):
+    models.get_model('ddpm_unet', num_classes=10)
+  with pytest.raises(ValueError, match='must be a BertConfig'):
+    models.get_model('bert', config=models.unet.DDPM_CIFAR10)
