@@ -123,6 +123,16 @@ def test_train_step_is_pure_and_uses_fold_in_keys(tiny):
   assert int(a.step) == 1
 
 
+def test_adamw_runs_under_strict_dtype_promotion():
+  """The suite runs with strict promotion (tests/conftest.py), which optax's Adam alone
+  trips (`decay ** count`): make_optimizer traces it under standard promotion."""
+  assert jax.config.jax_numpy_dtype_promotion == 'strict'
+  opt = train.make_optimizer(name='adamw', learning_rate=0.1, num_steps=4)
+  params = {'w': jnp.ones((3,))}
+  updates, _ = jax.jit(opt.update)(params, opt.init(params), params)
+  assert np.all(np.asarray(updates['w']) < 0)
+
+
 @pytest.mark.parametrize('kwargs, match', [
     ({'name': 'rmsprop'}, 'optimizer name'),
     ({'schedule': 'linear'}, 'schedule'),

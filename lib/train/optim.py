@@ -115,11 +115,26 @@ def make_optimizer(*, name: str = 'sgd', learning_rate: float = 0.1, num_steps: 
       core = optax.chain(optax.add_decayed_weights(weight_decay),
                          optax.trace(decay=momentum, nesterov=True))
     else:
-      core = optax.chain(optax.scale_by_adam(), optax.add_decayed_weights(weight_decay))
+      core = optax.chain(_standard_promotion(optax.scale_by_adam()),
+                         optax.add_decayed_weights(weight_decay))
     core = optax.chain(core, optax.scale_by_schedule(lambda c: -learning_rate * shape(c)))
     return freeze(core, frozen) if frozen else core
 
   return optax.inject_hyperparams(make)(learning_rate=learning_rate)
+
+
+def _standard_promotion(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`tx` traced under standard dtype promotion: optax's Adam computes `decay ** count`
+  (a float to an int32 power), which `jax_numpy_dtype_promotion='strict'` rejects."""
+  def init(params):
+    with jax.numpy_dtype_promotion('standard'):
+      return tx.init(params)
+
+  def update(updates, state, params=None):
+    with jax.numpy_dtype_promotion('standard'):
+      return tx.update(updates, state, params)
+
+  return optax.GradientTransformation(init, update)
 
 
 def set_learning_rate(opt_state: optax.OptState, learning_rate: Array) -> optax.OptState:
