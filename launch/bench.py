@@ -1,4 +1,4 @@
-r"""Benchmarks: `python -m launch.bench [--only=sweep,...,pgd,attacks] [--quick]`.
+r"""Benchmarks: `python -m launch.bench [--only=sweep,...,attacks,purify] [--quick]`.
 
   (a) sweep:  N seeds of the small CNN as one vmapped program (`lib.sweep`) vs the same seeds
               trained one after another, N = 1, 4, 16, 64 (steps*seeds/s and their ratio).
@@ -17,6 +17,11 @@ r"""Benchmarks: `python -m launch.bench [--only=sweep,...,pgd,attacks] [--quick]
   (g) attacks: `lib.attacks` PGD-20 and APGD-100 vs torchattacks on the small CNN and
               ResNet-18 (images/s, same weights), and robust accuracy at 8 ε × 5 restarts as
               one vmapped JAX program vs torchattacks' loops (launch/bench_attacks.py).
+  (h) purify: one full-gradient attack step through DiffPure's reverse SDE (UNet ε-model)
+              against the number of steps N, with and without per-step checkpointing, vs
+              the same sampler in PyTorch around diffusers' UNet2DModel: s/call and memory
+              (JAX: compiled memory analysis; PyTorch: profiler allocator peak), MB per step
+              (launch/bench_purify.py).
 
 XLA runs with launch/_env.sh's flag (`--noynn_flag` for XLA's defaults). `--plain_conv` runs
 every benchmark with the models' convolutions as they were before
@@ -46,7 +51,7 @@ import time
 from absl import app, flags
 
 _ONLY = flags.DEFINE_list('only', ['sweep', 'resnet', 'flops', 'conv', 'attribution', 'pgd',
-                                   'attacks'],
+                                   'attacks', 'purify'],
                           'Benchmarks to run.')
 _QUICK = flags.DEFINE_bool('quick', False, 'Smoke run: small configurations, few repeats.')
 _OUT = flags.DEFINE_string('out', 'workdirs/bench/bench.json', 'JSON results path (bench.md beside it).')
@@ -62,7 +67,7 @@ _YNN = flags.DEFINE_bool('ynn_flag', True, 'Run with launch/_env.sh\'s XLA flag 
 _PLAIN_CONV = flags.DEFINE_bool('plain_conv', False, 'Trace convolutions as before lib.models.conv '
                                 "(lax.conv_general_dilated, XLA's own gradients): 'before' figures.")
 
-BENCHMARKS = ('sweep', 'resnet', 'flops', 'conv', 'attribution', 'pgd', 'attacks')
+BENCHMARKS = ('sweep', 'resnet', 'flops', 'conv', 'attribution', 'pgd', 'attacks', 'purify')
 
 
 def _settings(quick: bool) -> dict:
@@ -81,6 +86,7 @@ def _settings(quick: bool) -> dict:
         'attacks': dict(batch_size=8, resnet_batch=4, pgd_steps=5, apgd_steps=5, sweep_batch=4,
                         sweep_steps=5, restarts=2, warmup=1, repeats=1,
                         resnet_arch={'widths': (8, 16, 32, 64), 'blocks': (1, 1, 1, 1)}),
+        'purify': dict(sweeps=(('tiny', 2, (2, 4)),), warmup=1, repeats=2),
     }
   return {
       'sweep': dict(num_seeds=(1, 4, 16, 64), sweep_steps={1: 10, 4: 4, 16: 2, 64: 1}, seq_seeds=4,
@@ -94,6 +100,11 @@ def _settings(quick: bool) -> dict:
       # ResNet-18 at batch 128 with APGD-100 would take many minutes per call on 2 CPU cores.
       'attacks': dict(batch_size=128, resnet_batch=8, pgd_steps=20, apgd_steps=100,
                       sweep_batch=16, sweep_steps=20, restarts=5, warmup=1, repeats=2),
+      # (UNet, batch, N): the N sweep on the DDPM CIFAR-10 UNet at 1/4 width (1/16 of its
+      # FLOPs) and the full UNet at N = 2, 10 (its MB/step against PAPERS.md's anchor), batch
+      # 1: every N alone takes about 0.6 s per step for the four sides on 2 shared cores.
+      'purify': dict(sweeps=(('ddpm-cifar10-32/4', 1, (10, 50, 100)),
+                             ('ddpm-cifar10-32', 1, (2, 10))), warmup=0, repeats=2),
   }
 
 
@@ -113,7 +124,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   from launch import bench_common as common  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_default_matmul_precision', _PRECISION.value)
-  from launch import bench_attacks, bench_attribution, bench_conv, bench_flops, bench_pgd, bench_resnet, bench_sweep  # pylint: disable=g-import-not-at-top
+  from launch import bench_attacks, bench_attribution, bench_conv, bench_flops, bench_pgd, bench_purify, bench_resnet, bench_sweep  # pylint: disable=g-import-not-at-top
 
   settings = _settings(_QUICK.value)
   if _SEEDS.value:
@@ -138,7 +149,8 @@ def main(argv):
             'conv': '(d) One convolution at top level, under vmap, in loops',
             'attribution': '(e) Attribution methods: lib.attribution vs Captum',
             'pgd': '(f) PGD on the 3-conv CNN: torchattacks vs JAX by convolution path and XLA flag',
-            'attacks': '(g) lib.attacks PGD/APGD vs torchattacks, and an ε × restarts sweep'}
+            'attacks': '(g) lib.attacks PGD/APGD vs torchattacks, and an ε × restarts sweep',
+            'purify': '(h) Gradient through DiffPure vs reverse steps: time and memory, JAX vs PyTorch'}
   env['plain_conv'] = _PLAIN_CONV.value
   with common.plain_convolutions() if _PLAIN_CONV.value else contextlib.nullcontext():
     for name in BENCHMARKS:
@@ -157,6 +169,8 @@ def main(argv):
         results[name] = bench_pgd.run(log=_log, **settings['pgd'])
       elif name == 'attacks':
         results[name] = bench_attacks.run(log=_log, **settings['attacks'])
+      elif name == 'purify':
+        results[name] = bench_purify.run(log=_log, **settings['purify'])
       else:
         results[name] = bench_attribution.run(log=_log, **settings['attribution'])
       results[name]['wall_s'] = time.perf_counter() - t0
