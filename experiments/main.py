@@ -34,7 +34,7 @@ import ml_collections
 
 from lib.report import markdown
 
-STUDIES = ('classifier', 'robustness', 'attribution_integrity')
+STUDIES = ('classifier', 'robustness', 'attribution_integrity', 'foundation_targets')
 # Keys a relaunch may change without starting over: those any study declares resumable.
 RESUMABLE_KEYS = tuple(sorted({k for name in STUDIES for k in getattr(
     importlib.import_module(f'experiments.{name}'), 'RESUMABLE_KEYS', ())}))

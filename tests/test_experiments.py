@@ -22,6 +22,19 @@ def test_main_job_writes_report_with_every_study(tmp_path):
       'attribution_integrity': ['num_seeds=2', 'num_steps=4', 'warmup_steps=1', 'batch_size=16',
                                 'num_train=200', 'num_eval=8', 'num_audit=4', 'strengths=1,100',
                                 'ig_steps=2', 'smoothgrad_samples=2', 'checkpoint_every=2'],
+      'foundation_targets': [
+          'num_train=64', 'num_test=32', 'batch_size=16', 'num_steps=4', 'warmup_steps=1',
+          'checkpoint_every=2', 'log_every=2', 'num_figure=2',
+          *[f'model.{k}={v}' for k, v in dict(
+              vision_hidden_size=32, vision_layers=1, vision_heads=2, vision_intermediate_size=32,
+              text_hidden_size=32, text_layers=1, text_heads=2, text_intermediate_size=32,
+              projection_dim=16).items()],
+          *[f'heads.{h}.{k}={v}' for h in ('probe', 'finetune', 'dense', 'boxes', 'captioner',
+                                            'vqa') for k, v in (('num_steps', 2), ('batch_size', 8))],
+          'heads.captioner.dim=16', 'heads.captioner.depth=1', 'heads.captioner.heads=2',
+          'heads.captioner.mlp_dim=16',
+          *[f'num_eval.{m}=16' for m in ('classification', 'segmentation', 'detection',
+                                         'captioning', 'vqa')]],
   }
   overrides = [f'--config.{study}.{kv}' for study, kvs in tiny.items() for kv in kvs]
   env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS='')
@@ -40,8 +53,9 @@ def test_main_job_writes_report_with_every_study(tmp_path):
     assert any(row.startswith(f'| {study}') for row in summary), summary
   for heading in ('| study | wall time |', '## Classifier', '## Explanation integrity',
                   'max \\|Δp\\| float64', 'Pointing game', 'ROC AUC',
-                  '## Adversarial robustness'):
+                  '## Adversarial robustness', '## Foundation targets'):
     assert heading in report
   for figure in ('classifier/training_curves.png', 'classifier/samples.png',
-                 'attribution_integrity/heatmaps.png', 'attribution_integrity/detection_auc.png'):
+                 'attribution_integrity/heatmaps.png', 'attribution_integrity/detection_auc.png',
+                 'foundation_targets/targets.png'):
     assert f']({figure})' in report and os.path.exists(os.path.join(tmp_path, figure))

@@ -12,6 +12,7 @@ DOCUMENTED = {
     'seed_sweep': ['', 'runlocal', 'digits', 'cifar10', 'cifar10,wrn'],
     'attribution_integrity': ['', 'runlocal'],
     'robustness': ['', 'runlocal', 'digits', 'cifar10', 'cifar10,wrn'],
+    'foundation_targets': ['', 'runlocal'],
 }
 
 
@@ -25,21 +26,18 @@ def test_every_study_of_the_main_job_has_documented_variants():
   assert set(main.STUDIES) <= set(DOCUMENTED)
 
 
-@pytest.mark.parametrize('arg, expected', [
-    ('runlocal', {'classifier': 'runlocal', 'attribution_integrity': 'runlocal',
-                  'robustness': 'runlocal'}),
-    ('', {'classifier': '', 'attribution_integrity': '', 'robustness': ''}),
-    ('classifier=cifar10', {'classifier': 'cifar10', 'attribution_integrity': '',
-                            'robustness': ''}),
-    ('runlocal,classifier=cifar10+wrn',
-     {'classifier': 'cifar10,wrn', 'attribution_integrity': 'runlocal', 'robustness': 'runlocal'}),
-    ('runlocal,classifier=', {'classifier': '', 'attribution_integrity': 'runlocal',
-                              'robustness': 'runlocal'}),
-    ('classifier=digits,attribution_integrity=runlocal',
-     {'classifier': 'digits', 'attribution_integrity': 'runlocal', 'robustness': ''}),
+@pytest.mark.parametrize('arg, shared, own', [
+    ('runlocal', 'runlocal', {}),
+    ('', '', {}),
+    ('classifier=cifar10', '', {'classifier': 'cifar10'}),
+    ('runlocal,classifier=cifar10+wrn', 'runlocal', {'classifier': 'cifar10,wrn'}),
+    ('runlocal,classifier=', 'runlocal', {'classifier': ''}),
+    ('classifier=digits,attribution_integrity=runlocal', '',
+     {'classifier': 'digits', 'attribution_integrity': 'runlocal'}),
 ])
-def test_study_args(arg, expected):
-  assert main.study_args(arg) == expected
+def test_study_args(arg, shared, own):
+  """Every study gets the shared variants unless an item names its own."""
+  assert main.study_args(arg) == {name: own.get(name, shared) for name in main.STUDIES}
 
 
 @pytest.mark.parametrize('arg', ['runlocal', '', 'classifier=cifar10',
