@@ -211,11 +211,23 @@ def test_resume_restores_into_an_abstract_target(tmp_path):
   kw = dict(init=init, step_fn=step, batch_fn=lambda i: jnp.float32(1), workdir=str(tmp_path),
             checkpoint_every=2, log_every=2, progress=False)
   train.run_loop(num_steps=2, **kw)
-  assert traced == [False]
+  assert traced == [False, True]  # the fresh state, then eval_shape (where to place it)
   traced.clear()
   final = train.run_loop(num_steps=4, **kw)
-  assert traced and all(traced)  # only jax.eval_shape called init
+  assert all(traced)  # init never ran concretely (eval_shape traced it, or its cache hit)
   np.testing.assert_array_equal(final['x'], [4.0, 4.0])
+
+
+def test_a_resumed_run_reuses_the_compiled_step(tmp_path):
+  """The fresh state is committed like a restored one, so resuming does not recompile."""
+  step = jax.jit(lambda s, b: ({'x': s['x'] + b}, {'loss': jnp.sum(s['x'])}))
+  kw = dict(init=lambda: {'x': jnp.zeros((2,), jnp.float32)}, step_fn=step,
+            batch_fn=lambda i: jnp.float32(1), workdir=str(tmp_path), checkpoint_every=2,
+            log_every=2, progress=False)
+  train.run_loop(num_steps=2, **kw)
+  final = train.run_loop(num_steps=4, **kw)
+  np.testing.assert_array_equal(final['x'], [4.0, 4.0])
+  assert step._cache_size() == 1  # pylint: disable=protected-access
 
 
 def test_progress_is_log_lines_when_stderr_is_not_a_terminal(caplog, capsys):

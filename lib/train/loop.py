@@ -74,6 +74,16 @@ def same_layout(init: Callable[[], Any]) -> Layout:
   return Layout(lambda: abstract_state(init), identity, identity)
 
 
+def _placed(state: Any, layout: Layout) -> Any:
+  """A fresh state committed where a restored one lands (`layout.abstract()`'s shardings), so
+  a jitted step compiles once for both (jit specialises on committed vs uncommitted inputs).
+  A layout whose saved tree differs from the running state leaves the state as it is."""
+  abstract = layout.abstract()
+  if jax.tree.structure(abstract) != jax.tree.structure(state):
+    return state
+  return jax.device_put(state, jax.tree.map(lambda s: s.sharding, abstract))
+
+
 @jax.jit
 def _all_finite(flag: jax.Array, loss: jax.Array) -> jax.Array:
   return flag & jnp.all(jnp.isfinite(loss))
@@ -135,7 +145,7 @@ def run_loop(*, init: Callable[[], Any], step_fn: Callable[[Any, Batch], tuple[A
   closing = [ckpt]
   try:
     restored = _restore(ckpt, layout, num_steps, workdir)
-    start, state = restored if restored is not None else (0, init())
+    start, state = restored if restored is not None else (0, _placed(init(), layout))
     writer = MetricWriter(workdir, resume_step=start if restored is not None else None)
     bar = Progress(total=num_steps, initial=start, enabled=progress,
                    name=os.path.basename(workdir.rstrip('/')))
