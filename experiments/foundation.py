@@ -449,10 +449,8 @@ def pretrain(c: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
   pairs = captioned(train_split, tokenizer)
   optimizer = _optimizer(c.learning_rate, c.num_steps, c.warmup_steps, c.weight_decay)
   init_key = jax.random.key(c.seed)
-  # Committed to the device as a restored state is, so a resumed run reuses the program.
-  device = jax.local_devices()[0]
   state = train.run_loop(
-      init=lambda: jax.device_put(_init_state(clip, optimizer, init_key), device),
+      init=lambda: _init_state(clip, optimizer, init_key),
       step_fn=lambda s, b: train_step(clip, optimizer, s, b),
       batch_fn=lambda i: pair_batch(pairs, i, batch_size=c.batch_size, seed=c.seed,
                                     short_rate=c.short_caption_rate),

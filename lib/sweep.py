@@ -304,6 +304,14 @@ def fit_seeds(*, model: Any, optimizer: optax.GradientTransformation, train_data
                    log_every=log_every, strategy=strategy, progress=progress)
 
 
+@functools.lru_cache(maxsize=32)
+def _per_seed_program(fn: Callable[..., Any], num_args: int, strategy: str) -> Callable[..., Any]:
+  """The jitted program of `map_seeds` for `fn`, cached so repeated calls reuse its compile."""
+  if strategy == 'vmap':
+    return jax.jit(jax.vmap(fn, in_axes=(0,) + (None,) * num_args))
+  return jax.jit(fn)
+
+
 def map_seeds(fn: Callable[..., Any], stacked: Any, *args: Any, strategy: str = 'auto') -> Any:
   """`fn(tree_i, *args)` for every slice i of a pytree with a leading seed axis, stacked.
 
@@ -332,10 +340,9 @@ def map_seeds(fn: Callable[..., Any], stacked: Any, *args: Any, strategy: str = 
   if len(sizes) != 1 or None in sizes or 0 in sizes:
     raise ValueError('stacked must be a pytree whose leaves share a leading seed axis of size '
                      f'N >= 1; got leading sizes {sorted(map(str, sizes))}.')
+  program = _per_seed_program(fn, len(args), strategy)
   if strategy == 'vmap':
-    return jax.tree.map(np.asarray, jax.jit(jax.vmap(fn, in_axes=(0,) + (None,) * len(args)))(
-        stacked, *args))
-  one = jax.jit(fn)
-  outs = [jax.tree.map(np.asarray, one(jax.tree.map(lambda v: v[i], stacked), *args))
+    return jax.tree.map(np.asarray, program(stacked, *args))
+  outs = [jax.tree.map(np.asarray, program(jax.tree.map(lambda v: v[i], stacked), *args))
           for i in range(sizes.pop())]
   return jax.tree.map(lambda *xs: np.stack(xs), *outs)

@@ -87,6 +87,21 @@ def test_map_seeds_vmap_and_sequential_equal_a_loop(setup):
     sweep.map_seeds(fn, stacked, x, 2.0, strategy='pmap')
 
 
+@pytest.mark.parametrize('strategy', ['vmap', 'sequential'])
+def test_map_seeds_traces_once_across_calls(strategy):
+  traces = []
+
+  def fn(v, x):
+    traces.append(1)
+    return (v * x).sum()
+
+  stacked = np.ones((3, 4), np.float32)
+  for scale in (1.0, 2.0):
+    out = sweep.map_seeds(fn, scale * stacked, np.ones(4, np.float32), strategy=strategy)
+    np.testing.assert_allclose(out, np.full(3, 4 * scale))
+  assert len(traces) == 1
+
+
 def _free_port():
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))

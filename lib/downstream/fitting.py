@@ -171,10 +171,7 @@ def fit_head(head: Head, encode: Encode, encoder_params: Any, train_data: Any, *
   example = batch_fn(0)['image']
   abstract = jax.eval_shape(functools.partial(encode_features, encode), encoder_params, example)
   init_key = jax.random.key(seed)
-  # Committed to the device, as a state restored from a checkpoint is, so that a resumed
-  # run calls the same compiled step.
-  init = lambda: jax.device_put(_jitted_init(head, opt, abstract, encoder_params, init_key),
-                                jax.local_devices()[0])
+  init = lambda: _jitted_init(head, opt, abstract, encoder_params, init_key)
   paths = ['encoder/' + '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
            for path, _ in jax.tree_util.tree_flatten_with_path(encoder_params)[0]]
   encoder_frozen = all(any(fnmatch.fnmatchcase(p, q) for q in frozen) for p in paths)
