@@ -38,8 +38,13 @@ A head's config.json records the foundation's config and steps with the head's s
 so a relaunch after the foundation or a head changed is refused instead of resuming stale
 checkpoints (`lib.run_config`; a head's own num_steps may grow).
 
-`experiments.foundation_targets_report.section` writes the report from the numbers
-(`Results`).
+**Build, then evaluate.** `build(c, workdir) -> Targets` trains (or resumes) everything;
+`evaluate(c, targets, test, image_params=None)` measures every target on any test images,
+clean or adversarial, optionally with another image tower's parameters in place of the
+foundation's (a defended foundation); each target's program compiles once, whatever images
+or parameters it is given. The inherited-vulnerability study (`experiments.
+foundation_transfer`) calls both on the same folders. `experiments.foundation_targets_report.
+section` writes the report from the numbers (`Results`).
 
 Variants: `runlocal` (the foundation's runlocal CLIP; pretraining, every head and every
 evaluation took 257 CPU-seconds, 154 of them pretraining, measured on a shared 2-core
@@ -101,7 +106,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.heads = ml_collections.ConfigDict(dict(
       probe=_head(pick(200, 2000), 128, 1e-2),
       finetune=_head(pick(200, 2000), 64, pick(3e-4, 1e-5)),
-      dense=_head(pick(200, 2000), 64, 3e-3, hidden=64),
+      dense=_head(pick(1000, 5000), 64, 3e-3, hidden=64),
       boxes=_head(pick(1000, 5000), 64, 3e-3, hidden=64),
       captioner=_head(pick(400, 5000), 64, 1e-3, dim=64, depth=2, heads=4, mlp_dim=128),
       vqa=_head(pick(300, 3000), 64, 3e-3, dim=64)))
@@ -359,100 +364,179 @@ def prior_detections(train: ArrayDataset, n: int, num_classes: int) -> downstrea
                                np.where(share > 0, ids, -1)[None].repeat(n, 0))
 
 
-def classification(c, f, timer, workdir, train, test, progress) -> list[Row]:
-  """Zero-shot, linear probe and fine-tune accuracy; baseline: the train majority class."""
-  test = first(test, c.num_eval.classification)
-  base = float(np.mean(test.arrays['label'] == majority(train.arrays['label'])))
-  zero_shot = timer('zero-shot classification', lambda: downstream.zero_shot_accuracy(
-      f.encode, f.variables['image'], f.class_embeddings, test))
-  rows = [Row('classification', 'zero-shot (prompts)', 'accuracy', zero_shot, base)]
-  head = downstream.LinearHead(test.num_classes)
-  for name, method, frozen in (('probe', 'linear probe', downstream.PROBE),
-                               ('finetune', 'full fine-tune', downstream.FINETUNE)):
+class Targets(NamedTuple):
+  """Every trained target on the foundation: what `evaluate` measures on any test images.
+
+  Attributes:
+    foundation: the `foundation.Foundation`.
+    text: [1 + K, E] unit rows, the background prompt then each category (`text_embeddings`).
+    answers: the VQA answer vocabulary (`answer_vocabulary` of the train split).
+    train: the train split with token ids (`with_tokens`), what the baselines read.
+    heads: name (`HEADS`) -> (head, trained `downstream.HeadState`).
+  """
+  foundation: foundation.Foundation
+  text: Array
+  answers: np.ndarray
+  train: ArrayDataset
+  heads: dict[str, tuple[Any, downstream.HeadState]]
+
+
+class Evaluation(NamedTuple):
+  """What `evaluate` measured.
+
+  Attributes:
+    rows: every target's metric (`Row`), in table order.
+    captions: the captioner's generated caption of each captioning test scene.
+  """
+  rows: list[Row]
+  captions: list[str]
+
+
+def _untimed(name: str, fn: Callable[[], Any]) -> Any:
+  del name
+  return fn()
+
+
+def make_heads(c: ml_collections.ConfigDict, f: foundation.Foundation, num_classes: int,
+               num_categories: int, answers: np.ndarray) -> dict[str, tuple[Any, tuple[str, ...]]]:
+  """name -> (untrained head, frozen patterns) of every trained target.
+
+  Args:
+    num_classes: the classification labels' count; num_categories: detection categories
+      (segmentation has one more class, background).
+  """
+  h, tok = c.heads, f.tokenizer
+  linear = downstream.LinearHead(num_classes)
+  captioner = downstream.Captioner(
+      vocab_size=tok.vocab_size + 1, max_len=tok.context_length, bos_id=tok.bos_token_id,
+      eos_id=tok.eos_token_id, pad_id=tok.vocab_size, dim=h.captioner.dim,
+      depth=h.captioner.depth, heads=h.captioner.heads, mlp_dim=h.captioner.mlp_dim)
+  return {'probe': (linear, downstream.PROBE), 'finetune': (linear, downstream.FINETUNE),
+          'dense': (downstream.DenseHead(num_categories + 1, hidden=h.dense.hidden),
+                    downstream.PROBE),
+          'boxes': (downstream.BoxHead(num_categories, hidden=h.boxes.hidden), downstream.PROBE),
+          'captioner': (captioner, downstream.PROBE),
+          'vqa': (downstream.VQAHead(len(answers), tok.vocab_size, dim=h.vqa.dim,
+                                     pad_id=tok.eos_token_id), downstream.PROBE)}
+
+
+def build(c: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
+          timer: Callable[[str, Callable[[], Any]], Any] = _untimed) -> Targets:
+  """Pretrains (or loads) the foundation and trains every head, each resuming in `workdir`
+  (instant when everything is trained).
+
+  Args:
+    c: the config (`get_config`), validated by the caller.
+    workdir: `workdir/foundation` and `workdir/heads/<name>` (see the module docstring).
+    progress: report training progress.
+    timer: `timer(stage, fn) -> fn()`, e.g. a `_Timer` (default: untimed).
+  """
+  f = timer('foundation', lambda: foundation.pretrain(foundation_config(c), workdir,
+                                                      progress=progress))
+  train_split = foundation.load_split(c, 'train')
+  answers = answer_vocabulary(train_split)
+  train = with_tokens(train_split, f.tokenizer, answers)
+  text = timer('text prompts', lambda: text_embeddings(c, f, train.categories))
+  heads = {}
+  for name, (head, frozen) in make_heads(c, f, train.num_classes, len(train.categories),
+                                         answers).items():
     state = timer(f'{name}: train', lambda: fit(c, f, workdir, name, head, f.encode, train,
                                                 frozen=frozen, progress=progress))
+    heads[name] = (head, state)
+  return Targets(f, text, answers, train, heads)
+
+
+def _trained(targets: Targets, name: str, image_params: Any) -> tuple[Any, dict]:
+  """(head, its params) with `image_params` in place of the encoder's when given."""
+  head, state = targets.heads[name]
+  if image_params is None:
+    return head, state.params
+  return head, {'encoder': image_params, 'head': state.params['head']}
+
+
+def evaluate(c: ml_collections.ConfigDict, targets: Targets, test: ArrayDataset, *,
+             image_params: Any = None,
+             timer: Callable[[str, Callable[[], Any]], Any] = _untimed) -> Evaluation:
+  """Every target's metric on `test` (clean or adversarial images), beside its baseline.
+
+  Each target reads the first `config.num_eval.<target>` scenes (all of them when `test`
+  has fewer). The programs are `lib.downstream`'s, jitted with the encoder and head static
+  and the parameters and images traced: a second call on other images of the same size, or
+  with other encoder parameters, compiles nothing.
+
+  Args:
+    c: the config.
+    targets: `build`'s result.
+    test: a `shapes` split (images [N, H, W, 3], uint8 or float in [0, 1]).
+    image_params: image-tower variables to use instead of the foundation's (e.g. a defended
+      foundation): the training-free targets and every trained head read them in place of
+      their encoder, the fine-tuned one included (its head kept); None: each target's own.
+    timer: `timer(stage, fn) -> fn()`.
+
+  Returns:
+    `Evaluation(rows, captions)`.
+  """
+  f, train = targets.foundation, targets.train
+  test = with_tokens(test, f.tokenizer)
+  image = f.variables['image'] if image_params is None else image_params
+  part = lambda target: first(test, min(len(test), c.num_eval[target]))
+
+  split = part('classification')
+  base = float(np.mean(split.arrays['label'] == majority(train.arrays['label'])))
+  zero_shot = timer('zero-shot classification', lambda: downstream.zero_shot_accuracy(
+      f.encode, image, f.class_embeddings, split))
+  rows = [Row('classification', 'zero-shot (prompts)', 'accuracy', zero_shot, base)]
+  for name, method in (('probe', 'linear probe'), ('finetune', 'full fine-tune')):
+    head, params = _trained(targets, name, image_params)
     accuracy = timer(f'{name}: eval', lambda: downstream.probe_accuracy(
-        head, f.encode, state.params, test))
+        head, f.encode, params, split))
     rows.append(Row('classification', method, 'accuracy', accuracy, base))
-  return rows
 
-
-def segmentation_rows(c, f, timer, workdir, train, test, text, progress
-                      ) -> tuple[list[Row], downstream.HeadState, downstream.DenseHead]:
-  """MaskCLIP and dense-head mIoU; baseline: every pixel background."""
-  test = first(test, c.num_eval.segmentation)
-  classes = len(text)
-  gt = test.arrays['segmentation']
+  split, classes = part('segmentation'), len(targets.text)
+  gt = split.arrays['segmentation']
   base, _ = downstream.mean_iou(downstream.confusion_matrix(np.zeros_like(gt), gt, classes))
   maskclip = timer('MaskCLIP segmentation', lambda: downstream.maskclip_miou(
-      value_encoder(f), f.variables['image'], text, test, num_classes=classes))
-  head = downstream.DenseHead(classes, hidden=c.heads.dense.hidden)
-  state = timer('dense: train', lambda: fit(c, f, workdir, 'dense', head, f.encode, train,
-                                            progress=progress))
-  dense = timer('dense: eval', lambda: downstream.head_miou(head, f.encode, state.params, test))
-  rows = [Row('segmentation', 'MaskCLIP (training-free)', 'mIoU', maskclip['mIoU'], base),
-          Row('segmentation', 'dense head, frozen tokens', 'mIoU', dense['mIoU'], base)]
-  return rows, state, head
+      value_encoder(f), image, targets.text, split, num_classes=classes))
+  head, params = _trained(targets, 'dense', image_params)
+  dense = timer('dense: eval', lambda: downstream.head_miou(head, f.encode, params, split))
+  rows += [Row('segmentation', 'MaskCLIP (training-free)', 'mIoU', maskclip['mIoU'], base),
+           Row('segmentation', 'dense head, frozen tokens', 'mIoU', dense['mIoU'], base)]
 
-
-def detection_rows(c, f, timer, workdir, train, test, text, progress
-                   ) -> tuple[list[Row], downstream.HeadState, downstream.BoxHead]:
-  """Zero-shot and box-head COCO mAP (and AP50, what open-vocabulary COCO reports);
-  baseline: the image-blind prior boxes."""
-  test = first(test, c.num_eval.detection)
-  classes = len(test.categories)
-  base = downstream.coco_map(test.arrays['boxes'], test.arrays['box_labels'].astype(np.int32),
-                             prior_detections(train, len(test), classes),
-                             image_size=test.image_shape[:2], num_classes=classes)
+  split = part('detection')
+  categories = len(split.categories)
+  base = downstream.coco_map(split.arrays['boxes'], split.arrays['box_labels'].astype(np.int32),
+                             prior_detections(train, len(split), categories),
+                             image_size=split.image_shape[:2], num_classes=categories)
   zero_shot = timer('zero-shot detection', lambda: downstream.zero_shot_map(
-      value_encoder(f), f.variables['image'], text, test, num_classes=classes))
-  head = downstream.BoxHead(classes, hidden=c.heads.boxes.hidden)
-  state = timer('boxes: train', lambda: fit(c, f, workdir, 'boxes', head, f.encode, train,
-                                            progress=progress))
-  trained = timer('boxes: eval', lambda: downstream.head_map(head, f.encode, state.params, test))
-  rows = [Row('detection', method, metric, result[metric], base[metric])
-          for method, result in (('patch-text boxes (training-free)', zero_shot),
-                                 ('box head, frozen tokens', trained))
-          for metric in ('mAP', 'AP50')]
-  return rows, state, head
+      value_encoder(f), image, targets.text, split, num_classes=categories))
+  head, params = _trained(targets, 'boxes', image_params)
+  trained = timer('boxes: eval', lambda: downstream.head_map(head, f.encode, params, split))
+  rows += [Row('detection', method, metric, result[metric], base[metric])
+           for method, result in (('patch-text boxes (training-free)', zero_shot),
+                                  ('box head, frozen tokens', trained))
+           for metric in ('mAP', 'AP50')]
 
-
-def captioning_rows(c, f, timer, workdir, train, test, progress
-                    ) -> tuple[list[Row], list[str]]:
-  """BLEU-4 and CIDEr of the decoder; baseline: the most frequent train caption for all."""
-  test = first(test, c.num_eval.captioning)
-  h, tok = c.heads.captioner, f.tokenizer
-  head = downstream.Captioner(vocab_size=tok.vocab_size + 1, max_len=tok.context_length,
-                              bos_id=tok.bos_token_id, eos_id=tok.eos_token_id,
-                              pad_id=tok.vocab_size, dim=h.dim, depth=h.depth, heads=h.heads,
-                              mlp_dim=h.mlp_dim)
-  state = timer('captioner: train', lambda: fit(c, f, workdir, 'captioner', head, f.encode,
-                                                train, progress=progress))
+  split = part('captioning')
+  head, params = _trained(targets, 'captioner', image_params)
   metrics, generated = timer('captioner: eval', lambda: downstream.evaluate_captions(
-      head, f.encode, state.params, test, decode=tok.decode))
-  references = [[str(t)] for t in test.arrays['caption']]
+      head, f.encode, params, split, decode=f.tokenizer.decode))
+  references = [[str(t)] for t in split.arrays['caption']]
   base = downstream.caption_metrics(references,
-                                    [str(majority(train.arrays['caption']))] * len(test))
-  rows = [Row('captioning', 'decoder on frozen tokens', m, metrics[m], base[m])
-          for m in ('BLEU-4', 'CIDEr')]
-  return rows, generated
+                                    [str(majority(train.arrays['caption']))] * len(split))
+  rows += [Row('captioning', 'decoder on frozen tokens', m, metrics[m], base[m])
+           for m in ('BLEU-4', 'CIDEr')]
 
-
-def vqa_rows(c, f, timer, workdir, train, test, answers, progress) -> list[Row]:
-  """VQA accuracy of the head; baseline: each question slot's majority train answer."""
-  test = first(test, c.num_eval.vqa)
-  head = downstream.VQAHead(len(answers), f.tokenizer.vocab_size, dim=c.heads.vqa.dim,
-                            pad_id=f.tokenizer.eos_token_id)
-  state = timer('vqa: train', lambda: fit(c, f, workdir, 'vqa', head, f.encode, train,
-                                          progress=progress))
+  split = part('vqa')
+  head, params = _trained(targets, 'vqa', image_params)
   metrics = timer('vqa: eval', lambda: downstream.evaluate_vqa(
-      head, f.encode, state.params, test, answer_vocab=[str(a) for a in answers]))
-  truth = test.arrays['answer']
-  guess = np.stack([np.full(len(test), majority(train.arrays['answer'][:, j]))
+      head, f.encode, params, split, answer_vocab=[str(a) for a in targets.answers]))
+  truth = split.arrays['answer']
+  guess = np.stack([np.full(len(split), majority(train.arrays['answer'][:, j]))
                     for j in range(truth.shape[1])], 1)
   base = downstream.vqa_accuracy(list(guess.ravel()), truth.ravel())
-  return [Row('vqa', 'attention head on frozen tokens', 'VQA accuracy',
-              metrics['vqa_accuracy'], base)]
+  rows.append(Row('vqa', 'attention head on frozen tokens', 'VQA accuracy',
+                  metrics['vqa_accuracy'], base))
+  return Evaluation(rows, generated)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
@@ -470,46 +554,35 @@ def _figure_predictions(values: downstream.TapEncoder, encode: downstream.TapEnc
           boxes.detect(box_params['head'], box_features))
 
 
-def figure_data(c, f, test, text, dense, boxes) -> FigureData:
-  """The two segmenters' and two detectors' predictions on the first `num_figure` scenes.
-
-  Args:
-    dense, boxes: (trained `HeadState`, head) of the dense head and the box head.
-  """
+def figure_data(c: ml_collections.ConfigDict, targets: Targets, test: ArrayDataset, *,
+                image_params: Any = None) -> FigureData:
+  """The two segmenters' and two detectors' predictions on the first `num_figure` scenes of
+  `test` (encoder parameters as in `evaluate`)."""
+  f = targets.foundation
   scenes = first(test, c.num_figure).get(np.arange(c.num_figure))
+  (dense, dense_params), (boxes, box_params) = (_trained(targets, name, image_params)
+                                                for name in ('dense', 'boxes'))
+  image = f.variables['image'] if image_params is None else image_params
   tokens, maskclip, dense_map, detections = jax.tree.map(np.asarray, _figure_predictions(
-      value_encoder(f), f.encode, dense[1], boxes[1], f.variables['image'], dense[0].params,
-      boxes[0].params, text, jnp.asarray(scenes['image'])))
+      value_encoder(f), f.encode, dense, boxes, image, dense_params, box_params, targets.text,
+      jnp.asarray(scenes['image'])))
   return FigureData(scenes['image'], scenes['segmentation'], maskclip, dense_map,
                     scenes['boxes'], scenes['box_labels'],
-                    downstream.zero_shot_detect(tokens, text), detections,
+                    downstream.zero_shot_detect(tokens, targets.text), detections,
                     tuple(test.categories))
 
 
 def measure(c: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) -> Results:
   """Pretrains (or loads) the foundation, trains every head, measures every target."""
   timer = _Timer()
-  f = timer('foundation', lambda: foundation.pretrain(foundation_config(c), workdir,
-                                                      progress=progress))
+  targets = build(c, workdir, progress=progress, timer=timer)
   test = foundation.load_split(c, 'test')
-  train_split = foundation.load_split(c, 'train')
-  answers = answer_vocabulary(train_split)
-  train = with_tokens(train_split, f.tokenizer, answers)
-  test = with_tokens(test, f.tokenizer)
-  text = timer('text prompts', lambda: text_embeddings(c, f, test.categories))
-  rows = classification(c, f, timer, workdir, train, test, progress)
-  seg_rows, dense_state, dense_head = segmentation_rows(c, f, timer, workdir, train, test, text,
-                                                        progress)
-  det_rows, box_state, box_head = detection_rows(c, f, timer, workdir, train, test, text,
-                                                 progress)
-  cap_rows, generated = captioning_rows(c, f, timer, workdir, train, test, progress)
-  rows += seg_rows + det_rows + cap_rows + vqa_rows(c, f, timer, workdir, train, test, answers,
-                                                    progress)
-  figure = timer('figure predictions', lambda: figure_data(
-      c, f, test, text, (dense_state, dense_head), (box_state, box_head)))
-  captions = [(str(test.arrays['caption'][i]), generated[i]) for i in range(c.num_figure)
-              if i < len(generated)]
-  return Results(rows, f.source, f.steps, timer.seconds, figure, captions)
+  evaluation = evaluate(c, targets, test, timer=timer)
+  figure = timer('figure predictions', lambda: figure_data(c, targets, test))
+  captions = [(str(test.arrays['caption'][i]), evaluation.captions[i])
+              for i in range(c.num_figure) if i < len(evaluation.captions)]
+  f = targets.foundation
+  return Results(evaluation.rows, f.source, f.steps, timer.seconds, figure, captions)
 
 
 def run(c: ml_collections.ConfigDict, workdir: str) -> markdown.Section:

@@ -2,7 +2,10 @@
 
 Each study runs in `workdir/<study>` and contributes one section to `workdir/report.md`,
 which opens with a table of every study's headline figures. Re-running resumes every study
-from its checkpoints.
+from its checkpoints. Every study's config is validated before the first one starts.
+`foundation_transfer` attacks the targets `foundation_targets` trained (`study_configs`).
+`experiments/purification_robustness.py` and `experiments/tamper_resistance.py` run on their
+own until their runlocal fits the budget (their module docstrings' Status).
 
 The config argument picks each study's variant (the variants a study accepts are listed in
 its module docstring). It is a comma-separated list of items:
@@ -34,7 +37,8 @@ import ml_collections
 
 from lib.report import markdown
 
-STUDIES = ('classifier', 'robustness', 'attribution_integrity', 'foundation_targets')
+STUDIES = ('classifier', 'robustness', 'attribution_integrity', 'foundation_targets',
+           'foundation_transfer')
 # Keys a relaunch may change without starting over: those any study declares resumable.
 RESUMABLE_KEYS = tuple(sorted({k for name in STUDIES for k in getattr(
     importlib.import_module(f'experiments.{name}'), 'RESUMABLE_KEYS', ())}))
@@ -88,17 +92,48 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   return c
 
 
-def run(c: ml_collections.ConfigDict, workdir: str) -> str:
-  """Runs the studies listed in `c.studies`; returns the path of report.md."""
+def study_configs(c: ml_collections.ConfigDict, workdir: str) -> dict[str, ml_collections.ConfigDict]:
+  """Each study's config as it runs in the main job.
+
+  `foundation_transfer` attacks the targets the `foundation_targets` study trained: when
+  both run and the transfer names no `targets_workdir`, the transfer takes the targets'
+  fields from `c.foundation_targets` (one source of truth: an override given there holds for
+  both) and reads that study's folder, so nothing trains twice.
+
+  Raises:
+    ValueError: `c.studies` names an unknown study.
+  """
   names = [s for s in c.studies.split(',') if s]
   for name in names:
     if name not in STUDIES:
       raise ValueError(f'config.studies has unknown study {name!r}; expected any of '
                        f'{list(STUDIES)}.')
+  configs = {name: c[name] for name in names}
+  transfer = configs.get('foundation_transfer')
+  if transfer is not None and 'foundation_targets' in names and not transfer.targets_workdir:
+    transfer = ml_collections.ConfigDict(transfer.to_dict())
+    for key, value in c.foundation_targets.items():
+      transfer[key] = value
+    transfer.targets_workdir = os.path.join(workdir, 'foundation_targets')
+    configs['foundation_transfer'] = transfer
+  return configs
+
+
+def run(c: ml_collections.ConfigDict, workdir: str) -> str:
+  """Validates every study's config, then runs them in order; returns report.md's path.
+
+  Raises:
+    ValueError: a study's config is invalid (before any study starts work).
+  """
+  configs = study_configs(c, workdir)
+  for name, config in configs.items():
+    validate = getattr(importlib.import_module(f'experiments.{name}'), 'validate_config', None)
+    if validate is not None:
+      validate(config)
   sections, timings = [], []
-  for name in names:
+  for name, config in configs.items():
     start = time.time()
-    section = importlib.import_module(f'experiments.{name}').run(c[name],
+    section = importlib.import_module(f'experiments.{name}').run(config,
                                                                  os.path.join(workdir, name))
     sections.append(section.relocated(name))
     timings.append([name, f'{time.time() - start:.0f} s'])

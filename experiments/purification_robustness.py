@@ -4,12 +4,23 @@ How much does diffusion purification (DiffPure) add to a classifier's robustness
 sampler's randomness is controlled, and does what remains track how much the purifier
 compresses its input space?
 
-Status (2026-12-01): runs end to end and resumes, but is not yet a section of the main job:
-its runlocal denoiser (68k parameters, 400 steps) purifies the shapes images into near-chance
-clean accuracy (0.15-0.22 against the classifier's 0.69), so its numbers are not yet evidence
-about purification, and runlocal takes about 5 minutes on 2 quiet cores (estimated from a
-33-minute run at load 4-15; 7 programs compile per t*). Next: train the denoiser only on the
-timesteps purification uses (k <= max t* T), make t* a traced argument of the purifier.
+Status (2026-12-01, second pass): runs end to end and resumes; t* is a traced argument of
+the purifier, so every program compiles once for the whole grid (tests count traces and
+PGD's compiled programs); the denoiser trains only on k ≤ denoiser.max_t·T. Not yet good
+enough to join the main job as evidence about purification: the runlocal denoiser (68k
+parameters, 800 steps at 3e-3, loss ~0.25 on k ≤ 200) keeps 0.49 / 0.21 / 0.17 purified
+clean accuracy at t* = 0.05 / 0.1 / 0.2 against the classifier's 0.69 (32 images, 8 draws;
+at 2e-3 it sat on a loss plateau of ~0.9 and gave 0.27 / 0.17 / 0.16 on 128 images). The
+runlocal classifier itself is fragile: Gaussian noise σ = 0.08 takes it from 0.70 to 0.34, a
+3×3 box blur to 0.31 (128 images), which bounds what a smoothing denoiser can give back.
+Runlocal: 34.6 min wall at load 5-15, 18.9 CPU-min (user + sys), so ~10 min on 2 quiet
+cores, not 4; the stages: classifier 305 s, denoiser 390 s, t* = 0.05 (every compile) 460 s,
+t* = 0.1 (with the checks) 709 s, t* = 0.2 144 s. Next: a stronger denoiser per CPU-second
+(more steps or width: 1600 steps at 3e-3 reached loss 0.21 by step 600), a smaller t* grid
+(0.02, 0.05, 0.1: purified 0.74 / 0.56 / 0.34 on 128 images, one draw, with the step-800
+checkpoint of that run), fewer compiled programs (the tiny overrides of
+tests/test_purification_robustness.TINY take 107 s on 2 cores, not the 40 s the main job
+wants).
 
 Protocol:
 
@@ -19,13 +30,18 @@ Protocol:
    config: google/ddpm-cifar10-32); without a path, a small diffusers-style UNet is trained
    on the classifier's training images with `lib.diffusion.eps_loss` through
    `lib.train.run_loop` in `workdir/denoiser` (resumable, checkpointed; a relaunch under
-   another denoiser or data config is refused, `lib.run_config`).
+   another denoiser or data config is refused, `lib.run_config`), on the steps k ≤
+   `denoiser.max_t`·T only (the steps purification at t* ≤ max_t visits: a generic
+   ε-model of those noise levels, which knows nothing of the classifier).
 3. On the first `num_eval` test images, for the classifier alone: clean accuracy and PGD
    (`attack_steps`, step `attack_step_size`, no random start: Lee & Kim), with the checks of
    `lib.attacks.checks`.
 4. For every t* of `t_stars` (threat model `norms`: one for all, or one per t*), the
    purified classifier `PurifiedClassifier(denoiser, classifier, PurifierConfig(t*,
-   sampler, sampler_steps))` (a stochastic model: its key is the sampler's noise):
+   sampler, sampler_steps))` (a stochastic model: its key is the sampler's noise). With a
+   continuous sampler and a fixed `sampler_steps`, t* is an argument of the purifier
+   (`PurifierParams.t_star`, traced), so every program (attacks, evaluation, analysis)
+   compiles once for the whole grid; otherwise once per t*:
      clean    accuracy over `eval_draws` draws (mean over draws, worst case per image);
      fresh    PGD-EOT (`eot` draws per gradient, a new key every step), exact gradients
               through every sampler step (remat per step), evaluated on `eval_draws`
@@ -52,12 +68,12 @@ Protocol:
 (`Results`); the time of every stage is measured and reported.
 
 Variants: `runlocal` (the classifier's runlocal CNN on `shapes`, a 0.07M-parameter UNet
-trained for a few hundred steps, t* ∈ {0.05, 0.1, 0.2}, ℓ∞ 8/255, PGD-EOT 10 steps with
-EOT 4, 5 reverse SDE steps, 32 images); '' (full scale: WideResNet-28-10 on CIFAR-10 through
-TFDS, the diffusers DDPM from `config.denoiser.path`, t* = 0.1 at ℓ∞ 8/255 and 0.075 at ℓ2
-0.5, DiffPure's t*·1000 SDE steps, PGD-EOT 200 steps, EOT 20, step 0.007, no random start,
-plus the 'rand' ensemble); the classifier's `digits`, `cifar10`, `wrn` pick data and model
-(with `runlocal` or alone).
+trained for 800 steps at learning rate 3e-3 on diffusion times ≤ 0.2, t* ∈ {0.05, 0.1,
+0.2}, ℓ∞ 8/255, PGD-EOT 10 steps with EOT 4, 5 reverse SDE steps, 32 images); '' (full
+scale: WideResNet-28-10 on CIFAR-10 through TFDS, the diffusers DDPM from
+`config.denoiser.path`, t* = 0.1 at ℓ∞ 8/255 and 0.075 at ℓ2 0.5, DiffPure's t*·1000 SDE
+steps, PGD-EOT 200 steps, EOT 20, step 0.007, no random start, plus the 'rand' ensemble);
+the classifier's `digits`, `cifar10`, `wrn` pick data and model (with `runlocal` or alone).
 
 Launch:
   python -m launch.run --config=experiments/purification_robustness.py:runlocal \
@@ -109,12 +125,16 @@ def _denoiser_config(runlocal: bool) -> ml_collections.ConfigDict:
       'block_out_channels': '8,16,16',  # per level, finest first (DownBlock2D/UpBlock2D)
       'layers_per_block': 1,
       'norm_num_groups': 4,
-      'num_steps': 400 if runlocal else 20000,
+      # The largest diffusion time trained: steps k ≤ max_t·T only (lib.diffusion.losses);
+      # every t* must be at most max_t. 1.0: the whole chain.
+      'max_t': 0.2 if runlocal else 1.0,
+      'num_steps': 800 if runlocal else 20000,
       'batch_size': 32 if runlocal else 128,
-      'learning_rate': 2e-3,
+      # 2e-3 left the small UNet on its loss plateau (~0.9) for 400 steps; 1e-2 for 500.
+      'learning_rate': 3e-3,
       'warmup_steps': 20 if runlocal else 500,
       'seed': 0,
-      'checkpoint_every': 100 if runlocal else 1000,
+      'checkpoint_every': 200 if runlocal else 1000,
       'log_every': 20 if runlocal else 100,
   })
 
@@ -196,11 +216,23 @@ def grid(c: ml_collections.ConfigDict) -> list[Threat]:
   return [Threat(t, n, eps[n]) for t, n in zip(t_stars, norms)]
 
 
-def purifier_config(c: ml_collections.ConfigDict, t_star: float, *,
-                    bpda: bool = False) -> PurifierConfig:
-  """The `PurifierConfig` of t* under `c` (sampler, steps)."""
-  return PurifierConfig(t_star=t_star, sampler=c.sampler,
-                        num_steps=c.sampler_steps or None, bpda=bpda)
+def traced_t_star(c: ml_collections.ConfigDict) -> bool:
+  """Whether t* is an argument of the purifier (one program for the grid): a continuous
+  sampler ('sde', 'ode') with the same `sampler_steps` for every t*. Otherwise (DiffPure's
+  t*·1000 steps, or a discrete sampler) every t* is a static setting of its own programs."""
+  return c.sampler in ('sde', 'ode') and c.sampler_steps > 0
+
+
+def purifier_config(c: ml_collections.ConfigDict, t_star: float) -> PurifierConfig:
+  """The `PurifierConfig` of t* under `c` (sampler, steps); t_star=None where t* is traced."""
+  return PurifierConfig(t_star=None if traced_t_star(c) else t_star, sampler=c.sampler,
+                        num_steps=c.sampler_steps or None)
+
+
+def purifier_params(c: ml_collections.ConfigDict, params: PurifierParams,
+                    t_star: float) -> PurifierParams:
+  """`params` with t* as the purifier's argument where it is traced (`traced_t_star`)."""
+  return params._replace(t_star=jnp.float32(t_star) if traced_t_star(c) else None)
 
 
 def validate_config(c: ml_collections.ConfigDict) -> None:
@@ -219,7 +251,8 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
   validate.check_int(c.sampler_steps, 'config.sampler_steps', minimum=0)
   for threat in threats:
     try:
-      purifier_config(c, threat.t_star)
+      config = purifier_config(c, threat.t_star)
+      config.check_t_star(threat.t_star if config.t_star is None else None)
     except ValueError as e:
       raise ValueError(f'config.t_stars / config.sampler / config.sampler_steps: {e}') from e
   for name in ('num_eval', 'attack_steps', 'eot', 'eval_draws', 'compression_directions',
@@ -238,6 +271,16 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
                      f'({c.t_stars!r}) or 0 (no checks of the purifier).')
   if c.check_num > c.num_eval:
     raise ValueError(f'config.check_num={c.check_num} exceeds config.num_eval={c.num_eval}.')
+
+
+def max_timestep(c: ml_collections.ConfigDict) -> int:
+  """The largest step index the small UNet is trained on, `config.denoiser.max_t`·T.
+
+  k = max_t·T covers the labels of every t* ≤ max_t: the forward noising's k = t*·T − 1 and
+  the reverse SDE's label t*·(T − 1) (`lib.diffusion.schedules`).
+  """
+  schedule = PurifierConfig().schedule
+  return min(schedule.start_index(c.denoiser.max_t) + 1, schedule.num_train_timesteps - 1)
 
 
 def _validate_denoiser(c: ml_collections.ConfigDict) -> None:
@@ -263,6 +306,15 @@ def _validate_denoiser(c: ml_collections.ConfigDict) -> None:
                      f'{d.num_steps}; got {d.warmup_steps}.')
   validate.check_number(d.learning_rate, 'config.denoiser.learning_rate', low=0.0)
   validate.check_positive(d.learning_rate, 'config.denoiser.learning_rate')
+  try:
+    max_timestep(c)
+  except ValueError as e:
+    raise ValueError(f'config.denoiser.max_t: {e}') from e
+  above = [t.t_star for t in grid(c) if t.t_star > d.max_t]
+  if above:
+    raise ValueError(f'config.denoiser.max_t={d.max_t!r} must be at least every t* of '
+                     f'config.t_stars (the denoiser is trained up to max_t only); got '
+                     f'{c.t_stars!r}.')
   if any(w % d.norm_num_groups for w in widths):
     raise ValueError(f'config.denoiser.norm_num_groups={d.norm_num_groups} must divide every '
                      f'entry of config.denoiser.block_out_channels={d.block_out_channels!r}.')
@@ -314,17 +366,17 @@ def _denoiser_optimizer(learning_rate: float, num_steps: int,
                               warmup_steps=warmup_steps)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=2)
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=3)
 def denoiser_step(denoiser: UNetDenoiser, optimizer: optax.GradientTransformation,
-                  state: train.TrainState, images: jax.Array,
+                  max_timestep: int, state: train.TrainState, images: jax.Array,
                   key: jax.Array) -> tuple[train.TrainState, dict[str, jax.Array]]:
-  """One step of ε-prediction training on images [B, H, W, C] in [0, 1]."""
+  """One step of ε-prediction training on images [B, H, W, C] in [0, 1], steps k ≤ max_timestep."""
   step_key = jax.random.fold_in(key, state.step)
   variables = state.variables
 
   def loss_fn(params):
     return losses.eps_loss(denoiser, {**variables, 'params': params}, 2 * images - 1,
-                           key=step_key)
+                           key=step_key, max_timestep=max_timestep)
 
   loss, grads = jax.value_and_grad(loss_fn)(variables['params'])
   updates, opt_state = optimizer.update(grads, state.opt_state, variables['params'])
@@ -361,7 +413,8 @@ def train_denoiser(c: ml_collections.ConfigDict, train_data: Any, workdir: str
   init_key, step_key = jax.random.split(jax.random.key(d.seed))
   state = train.run_loop(
       init=lambda: _init_state(model, optimizer, init_key),
-      step_fn=lambda s, images: denoiser_step(denoiser, optimizer, s, images, step_key),
+      step_fn=lambda s, images: denoiser_step(denoiser, optimizer, max_timestep(c), s, images,
+                                              step_key),
       batch_fn=lambda i: jnp.asarray(data_lib.batch_at(train_data, i, batch_size=d.batch_size,
                                                        seed=d.seed)['image']),
       num_steps=d.num_steps, workdir=folder, checkpoint_every=d.checkpoint_every,
@@ -456,18 +509,27 @@ def robust_settings(s: Study, model: PurifiedClassifier, threat: Threat, keys: d
          'fixed': evaluation(fixed, keys['fixed'], c.eot),
          'bpda': evaluation(through_bpda, keys['eval'], c.eval_draws)}
   if c.rand_ensemble:
-    result = ensemble.ensemble(model, s.params, s.x, s.y, eps=threat.eps, norm=threat.norm,
-                               key=keys['rand'], version='rand', steps=c.ensemble_steps,
-                               eot=c.eot, draws=c.eval_draws)
-    robust = float(np.mean(np.asarray(result.robust)))
-    out['rand'] = Accuracy(float('nan'), robust)
+    out['rand'] = rand_ensemble(s, model, threat, keys['rand'])
   return out, fixed
+
+
+def rand_ensemble(s: Study, model: PurifiedClassifier, threat: Threat,
+                  key: jax.Array) -> Accuracy:
+  """The 'rand' ensemble's accuracy: worst case over `eval_draws` draws (no mean: NaN)."""
+  c = s.c
+  result = ensemble.ensemble(model, s.params, s.x, s.y, eps=threat.eps, norm=threat.norm,
+                             key=key, version='rand', steps=c.ensemble_steps, eot=c.eot,
+                             draws=c.eval_draws)
+  return Accuracy(float('nan'), float(np.mean(np.asarray(result.robust))))
 
 
 def geometry(s: Study, purifier: Purifier, threat: Threat, x_adv: jax.Array, omega: jax.Array,
              key: jax.Array) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
   """(distances, spread, compression) of the purifier; see the module docstring."""
-  dparams, x = s.params.denoiser, s.x
+  # The purifier's params: the denoiser's, or PurifierParams with t* where it is traced.
+  dparams = (s.params.denoiser if purifier.config.t_star is not None
+             else s.params._replace(classifier=None))
+  x = s.x
   mean = lambda a: float(np.nanmean(np.asarray(a)))
   dist = analysis.purification_distances(purifier, dparams, x, x_adv, key=omega)
   spread = analysis.spread_over_draws(purifier, dparams, x, key=key, draws=s.c.spread_draws)
@@ -504,6 +566,7 @@ def measure_point(s: Study, threat: Threat, index: int) -> PointResult:
   base = jax.random.fold_in(jax.random.key(c.purification_seed), index)
   keys = {name: jax.random.fold_in(base, i) for i, name in enumerate(
       ('eval', 'fresh', 'fixed', 'bpda', 'rand', 'geometry', 'checks'))}
+  s = s._replace(params=purifier_params(c, s.params, threat.t_star))
   config = purifier_config(c, threat.t_star)
   model = PurifiedClassifier(s.denoiser, s.classifier, config)
   clean = _accuracy(model, s.params, s.x, s.y, keys['eval'], c.eval_draws)

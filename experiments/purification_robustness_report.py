@@ -108,8 +108,17 @@ def cost_sentence(results: Any, resolution: float) -> str:
   """What purification costs in clean accuracy, and where it leaves a near-chance classifier."""
   cleans = ', '.join(f'{p.clean.mean:.3f} at t*={p.threat.t_star:g}' for p in results.points)
   near = [p for p in results.points if p.clean.mean <= results.chance + 2 * resolution]
+  kept = [p for p in results.points if p.clean.mean >= results.clean - 2 * resolution]
+  lost = [p for p in results.points if p not in kept and p not in near]
   text = (f'Purification changes clean accuracy from {results.clean:.3f} (classifier alone) to '
           f'{cleans} (chance {results.chance:.3f}).')
+  labels = lambda points: ', '.join(f't*={p.threat.t_star:g}' for p in points)
+  if kept:
+    text += (f' At {labels(kept)} it keeps the classifier\'s clean accuracy (within two '
+             'images): there the robust accuracies measure the defence, not its damage.')
+  if lost:
+    text += (f' At {labels(lost)} it costs more than two images of clean accuracy, a bound on '
+             'every robust accuracy there.')
   if near:
     text += (' At ' + ', '.join(f't*={p.threat.t_star:g}' for p in near) + ' the purified '
              'classifier is within two images of chance on clean inputs: its robust accuracy '
@@ -228,8 +237,9 @@ def section(c: ml_collections.ConfigDict, results: Any, workdir: str) -> markdow
       f'purified, BPDA + EOT ({label})': f'{p.robust["bpda"].mean:.4f}',
       f'checks ({label})': _verdict(p.report)}
   denoiser = (f'the diffusers UNet from `{c.denoiser.path}`' if c.denoiser.path else
-              f'a UNet with channels {c.denoiser.block_out_channels} trained for '
-              f'{c.denoiser.num_steps} steps of batch {c.denoiser.batch_size} on the same images')
+              f'a UNet with channels {c.denoiser.block_out_channels} trained (ε-prediction on '
+              f'diffusion times up to {c.denoiser.max_t:g}) for {c.denoiser.num_steps} steps of '
+              f'batch {c.denoiser.batch_size} on the same images')
   steps = c.sampler_steps or 't*·1000'
   body = (f'{c.model} trained as the classifier study ({c.num_steps} steps on `{c.dataset}`); '
           f'DiffPure purification with {denoiser}, sampler `{c.sampler}` with {steps} reverse '

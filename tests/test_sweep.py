@@ -116,6 +116,7 @@ def _sweep_cmd(workdir, *extra):
           '--config.warmup_steps=2', *extra]
 
 
+@pytest.mark.slow  # two subprocesses joining one jax.distributed run: ~30-40 s
 def test_two_processes_on_localhost_equal_one_process(tmp_path):
   """jax.distributed over gloo: each process feeds only its own seed's data."""
   port = _free_port()

@@ -16,11 +16,13 @@ Modules:
   evaluate    robust accuracy over model draws (mean and worst case); attack success
   ensemble    AutoAttack-style ensemble (APGD-CE, APGD-T, Square; 'rand': EOT APGD), worst case
   checks      sanity checks of an evaluation (Carlini et al. 2019, Tramèr et al. 2020): pass/warn/fail
+  feature     feature-level attacks on an encoder alone: PRM (Hu et al. 2024), embedding, NRD,
+              DR baselines (AdamW on δ, dynamic scale), random noise
 """
 
 from lib.attacks import losses, objective
 from lib.attacks import apgd, bpda, evaluate, pgd, projections, square
-from lib.attacks import checks, ensemble
+from lib.attacks import checks, ensemble, feature
 
 __all__ = ['losses', 'objective', 'projections', 'pgd', 'bpda', 'evaluate', 'apgd', 'square',
-           'checks', 'ensemble']
+           'checks', 'ensemble', 'feature']

@@ -270,19 +270,25 @@ def probability_flow_update(eps_fn: EpsFn, schedule: Schedule, x: Array, t: Arra
   return x + h * 0.5 * beta * (x + score(eps_fn, schedule, x, t))
 
 
-def _grid(times: np.ndarray) -> tuple[Array, Array]:
-  """float32 (t_i [n], h_i [n]); h in float64 before the cast (no cancellation)."""
+def _grid(times: np.ndarray | Array) -> tuple[Array, Array]:
+  """float32 (t_i [n], h_i [n]): from numpy times h in float64 before the cast (no
+  cancellation); from a jax array (a grid traced from an argument t*) in float32."""
+  if isinstance(times, jax.Array):
+    times = times.astype(jnp.float32)
+    return times[:-1], times[:-1] - times[1:]
   times = np.asarray(times, np.float64)
   return jnp.asarray(times[:-1], jnp.float32), jnp.asarray(times[:-1] - times[1:], jnp.float32)
 
 
-def make_reverse_sde(eps_fn: EpsFn, schedule: Schedule, times: np.ndarray) -> iterate.Iterative:
+def make_reverse_sde(eps_fn: EpsFn, schedule: Schedule,
+                     times: np.ndarray | Array) -> iterate.Iterative:
   """The reverse VP-SDE (Euler–Maruyama) on the grid `times` (see `continuous_times`).
 
   Args:
     eps_fn: the denoiser.
     schedule: the schedule.
-    times: [n + 1] decreasing times (run n steps).
+    times: [n + 1] decreasing times (run n steps): numpy (`continuous_times`), or a jax
+      array, which may be traced (a grid from an argument t*: one program for every t*).
   """
   ts, hs = _grid(times)
 
@@ -295,8 +301,9 @@ def make_reverse_sde(eps_fn: EpsFn, schedule: Schedule, times: np.ndarray) -> it
 
 
 def make_probability_flow(eps_fn: EpsFn, schedule: Schedule,
-                          times: np.ndarray) -> iterate.Iterative:
-  """The probability-flow ODE (Euler) on the grid `times`; the step's key is unused."""
+                          times: np.ndarray | Array) -> iterate.Iterative:
+  """The probability-flow ODE (Euler) on the grid `times` (numpy or a jax array, as
+  `make_reverse_sde`); the step's key is unused."""
   ts, hs = _grid(times)
 
   def step(state: State, key: Array) -> tuple[State, None]:

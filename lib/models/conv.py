@@ -19,8 +19,14 @@ reverse-over-reverse) go through the same fast path. An input (lhs) dilation is 
 explicit zero insertion (`lax.pad` with interior padding), so every convolution XLA sees has
 unit lhs dilation.
 
+A convolution whose stride equals its kernel size without padding (a ViT's patch embedding)
+is a matrix product of non-overlapping patches, and is computed as one: XLA:CPU ran the
+input gradient of ViT-B/16's 16x16 stride-16 patch embedding 25x slower as a dilated
+convolution (launch/bench_prm.py); as a matmul its gradients are matmuls too.
+
 Forward-mode autodiff (`jax.jvp`, `jax.jacfwd`, `jax.hessian`) is not available through a
-`jax.custom_vjp`; use reverse mode (`jax.grad`/`jax.vjp`, also for second derivatives).
+`jax.custom_vjp` (the patch matmul has it); use reverse mode (`jax.grad`/`jax.vjp`, also for
+second derivatives).
 Feature groups are not supported (no model here uses them).
 """
 
@@ -59,7 +65,19 @@ def conv2d(x: Array, kernel: Array, *, strides: int | Sequence[int] = 1,
   else:
     pads = padding
   pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+  if strides == tuple(kernel.shape[:2]) and not any(lo or hi for lo, hi in pads):
+    return _patch_matmul(x, kernel)
   return _conv_general(x, kernel, strides, pads, (1, 1), (1, 1))
+
+
+def _patch_matmul(x: Array, kernel: Array) -> Array:
+  """The convolution with strides = kernel size, no padding: non-overlapping patches
+  [B, Ho, Wo, kh*kw*C] (trailing rows/columns that fill no patch dropped, as VALID does)
+  times the kernel [kh*kw*C, O]."""
+  kh, kw, c, o = kernel.shape
+  b, ho, wo = x.shape[0], x.shape[1] // kh, x.shape[2] // kw
+  patches = x[:, :ho * kh, :wo * kw].reshape(b, ho, kh, wo, kw, c).transpose(0, 1, 3, 2, 4, 5)
+  return patches.reshape(b, ho, wo, kh * kw * c) @ kernel.reshape(kh * kw * c, o)
 
 
 def _pair(v: int | Sequence[int]) -> Pair:

@@ -88,14 +88,23 @@ def heatmap_grid(images: np.ndarray, rows: Mapping[str, Sequence[np.ndarray]],
 
 def line_plot(series: Mapping[str, Sequence[tuple[float, float]]], path: str, *, xlabel: str,
               ylabel: str, logx: bool = False, title: str | None = None,
-              points: Mapping[str, tuple[float, float]] | None = None) -> str:
-  """Lines of (x, y) pairs, plus optional single labelled points and a title; returns `path`."""
+              points: Mapping[str, tuple[float, float]] | None = None,
+              bands: Mapping[str, Sequence[float]] | None = None) -> str:
+  """Lines of (x, y) pairs, plus optional single labelled points and a title; returns `path`.
+
+  `bands` maps a series label to one half-width per point: y ± half-width is shaded in the
+  line's colour (an interval band).
+  """
   fig, ax = plt.subplots(figsize=(5, 3.2))
   if title:
     ax.set_title(title, fontsize=9)
   for label, xy in series.items():
     xs, ys = zip(*xy)
-    ax.plot(xs, ys, marker='o', label=label)
+    line, = ax.plot(xs, ys, marker='o', label=label)
+    if bands and label in bands:
+      half = np.asarray(bands[label], float)
+      ax.fill_between(xs, np.asarray(ys) - half, np.asarray(ys) + half,
+                      color=line.get_color(), alpha=0.15, linewidth=0)
   for label, (x, y) in (points or {}).items():
     ax.plot([x], [y], marker='*', markersize=12, linestyle='none', label=label)
   if logx:

@@ -18,8 +18,7 @@ from lib import models
 from lib.attribution import gradcam, gradients, integrated_gradients, lrp, metrics
 from lib.attribution import occlusion, smoothgrad
 from lib.attribution.invariance import softmax_gap, softmax_gaps
-from lib.attribution.manipulate import (CONSTRUCTIONS, STEER_LAYER, manipulate, mask_at_tap,
-                                        steered)
+from lib.attribution.manipulate import CONSTRUCTIONS, STEER_LAYER, manipulate, mask_at_tap
 
 TAP = 'conv3'
 MODEL = models.get_model('cnn', input_shape=(16, 16, 3), num_classes=5, widths=(4, 8, 8))

@@ -46,9 +46,30 @@ def test_a_few_gradient_steps_lower_the_loss():
   assert np.all(np.isfinite(values)) and values[-10:].mean() < 0.8 * values[:10].mean()
 
 
+def test_max_timestep_draws_exactly_the_steps_up_to_it():
+  # ε̂ is exact (0 loss) but for labels above 5, where it is off by 30: any such draw shows.
+  def flagging(params, x, t):
+    del params
+    return jnp.broadcast_to(jnp.where(t > 5, 30.0, 0.0).astype(x.dtype)[:, None, None, None],
+                            x.shape)
+
+  def loss(max_timestep):
+    key = jax.random.key(4)
+    eps = jax.random.normal(jax.random.split(key)[1], X0.shape)
+    return float(losses.eps_loss(lambda p, x, t: eps + flagging(p, x, t), None, X0, key=key,
+                                 max_timestep=max_timestep))
+
+  assert loss(5) < 1e-10            # k ~ U{0..5}: never above 5
+  assert loss(6) > 10.0             # k = 6 is drawn (256 examples: P(never) = (6/7)^256)
+  assert loss(None) > 800.0         # the full chain: almost every k is above 5
+
+
 def test_bad_inputs_are_value_errors():
   zero = lambda params, x, t: jnp.zeros_like(x)
   with pytest.raises(ValueError, match='x0 must have pixels in'):
     losses.eps_loss(zero, None, X0 * 3, key=jax.random.key(0))
   with pytest.raises(ValueError, match='key'):
     losses.eps_loss(zero, None, X0, key=1)
+  for bad in (1000, -1, 2.0):
+    with pytest.raises(ValueError, match='max_timestep'):
+      losses.eps_loss(zero, None, X0, key=jax.random.key(0), max_timestep=bad)

@@ -116,6 +116,57 @@ def test_compiles_once_across_keys_and_inputs():
   assert len(traces) == 2
 
 
+def test_t_star_as_an_argument_compiles_once_and_equals_the_static_config():
+  traces = []
+
+  def counting(params, x, t):
+    traces.append(1)
+    return mlp_denoiser(params, x, t)
+
+  traced = PurifiedClassifier(counting, linear_classifier, PurifierConfig(t_star=None,
+                                                                          num_steps=4))
+  key = jax.random.key(5)
+  logits = {t: traced(PurifierParams(PARAMS.denoiser, PARAMS.classifier, jnp.float32(t)), X,
+                      key=key).logits for t in (0.02, 0.05, 0.1)}
+  assert len(traces) == 1
+  # The grid in float32 from a traced t* against float64 from a static one (MODEL: 0.02).
+  np.testing.assert_allclose(logits[0.02], MODEL(PARAMS, X, key=key).logits, rtol=1e-5,
+                             atol=1e-5)
+  assert float(jnp.abs(logits[0.1] - logits[0.02]).max()) > 1e-3  # t* does change the output
+  # The attack library's programs take t* with the params: one PGD program for the grid.
+  sizes = []
+  for t_star in (0.05, 0.1):
+    pgd.pgd(traced, PurifierParams(PARAMS.denoiser, PARAMS.classifier, jnp.float32(t_star)),
+            X, Y, eps=0.1, steps=1, key=key, eot=2, randomness='fixed')
+    sizes.append(pgd._pgd._cache_size())
+  assert sizes[0] == sizes[1] and len(traces) == 1  # (jit reuses the model's trace inside)
+  # The purifier alone takes the same params.
+  spread = analysis.spread_over_draws(Purifier(mlp_denoiser, traced.config),
+                                      PurifierParams(PARAMS.denoiser, None, jnp.float32(0.05)),
+                                      X, key=key, draws=2)
+  assert float(spread.between_draws.min()) > 0
+
+
+def test_bad_t_star_arguments_are_value_errors():
+  key = jax.random.key(0)
+  traced = PurifiedClassifier(mlp_denoiser, linear_classifier,
+                              PurifierConfig(t_star=None, num_steps=4))
+  with_t = lambda t: PurifierParams(PARAMS.denoiser, PARAMS.classifier, t)
+  with pytest.raises(ValueError, match='t_star must be given'):
+    traced(PARAMS, X, key=key)
+  with pytest.raises(ValueError, match='t_star must be in'):
+    traced(with_t(jnp.float32(0.1234)), X, key=key)
+  with pytest.raises(ValueError, match='t_star must be a float scalar'):
+    traced(with_t(jnp.asarray([0.1, 0.2])), X, key=key)
+  with pytest.raises(ValueError, match='t_star is set twice'):
+    MODEL(with_t(jnp.float32(0.1)), X, key=key)
+  with pytest.raises(ValueError, match='params must be PurifierParams'):
+    Purifier(mlp_denoiser, traced.config)(PARAMS.denoiser, X, key=key)
+  for kwargs in (dict(), dict(num_steps=4, sampler='ddpm')):
+    with pytest.raises(ValueError, match='t_star=None'):
+      PurifierConfig(t_star=None, **kwargs)
+
+
 @pytest.mark.slow
 def test_the_attack_library_attacks_it_with_fixed_and_fresh_randomness():
   key = jax.random.key(11)
