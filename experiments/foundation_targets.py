@@ -47,9 +47,8 @@ foundation_transfer`) calls both on the same folders. `experiments.foundation_ta
 section` writes the report from the numbers (`Results`).
 
 Variants: `runlocal` (the foundation's runlocal CLIP; pretraining, every head and every
-evaluation took 257 CPU-seconds, 154 of them pretraining, measured on a shared 2-core
-machine: under 5 minutes on 2 quiet cores) and '' (OpenAI's ViT-B/16 from
-`config.clip_path`).
+evaluation took 171 s wall, 291 CPU-seconds, 80 s of it pretraining, on 2 quiet cores,
+2026-12-01) and '' (OpenAI's ViT-B/16 from `config.clip_path`).
 
 Launch:
   python -m launch.run --config=experiments/foundation_targets.py:runlocal --workdir=/tmp/ft

@@ -61,11 +61,11 @@ of its evaluations.
 
 Variants: `runlocal` (the runlocal foundation and targets; 64 scenes, 40 AdamW steps for
 every feature attack instead of the paper's 250, FARE 150 steps) and '' (OpenAI's ViT-B/16,
-500 scenes, 250 steps). Runlocal, the targets already trained, measured on the shared 2-core
-machine at load average ~11 (2026-12-01): 652 s wall, 192 CPU-seconds of this process
-(targets resumed 16, evaluating the targets 31 times 37, feature attacks 54, PGD and noise
-8, FARE 29, PRM with EOT 14, checks 32, figures 3): about 3 minutes on 2 quiet cores; a
-relaunch recomputes no attack and no training (the report's timing table shows each run's).
+500 scenes, 250 steps). Runlocal, the targets already trained: 111 s wall on 2 quiet cores
+in the main job (2026-12-01; at load ~11: 652 s wall, 192 CPU-seconds: targets resumed 16,
+evaluating the targets 31 times 37, feature attacks 54, PGD and noise 8, FARE 29, PRM with
+EOT 14, checks 32, figures 3); a relaunch recomputes no attack and no training (the
+report's timing table shows each run's).
 
 Launch:
   python -m launch.run --config=experiments/foundation_transfer.py:runlocal --workdir=/tmp/fx
