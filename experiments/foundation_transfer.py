@@ -59,12 +59,12 @@ of its evaluations.
 
 `experiments.foundation_transfer_report.section` writes the report from the numbers.
 
-Variants: `runlocal` (the runlocal foundation and targets; 64 scenes, 40 AdamW steps for
+Variants: `runlocal` (the runlocal foundation and targets; 128 scenes, 40 AdamW steps for
 every feature attack instead of the paper's 250, FARE 150 steps) and '' (OpenAI's ViT-B/16,
-500 scenes, 250 steps). Runlocal, the targets already trained: 111 s wall on 2 quiet cores
-in the main job (2026-12-01; at load ~11: 652 s wall, 192 CPU-seconds: targets resumed 16,
-evaluating the targets 31 times 37, feature attacks 54, PGD and noise 8, FARE 29, PRM with
-EOT 14, checks 32, figures 3); a relaunch recomputes no attack and no training (the
+500 scenes, 250 steps). Runlocal, the targets already trained: 147 s wall on 2 quiet cores
+(2026-12-01; 111 s with 64 scenes; at 64 scenes and load ~11: 652 s wall, 192 CPU-seconds:
+targets resumed 16, evaluating the targets 31 times 37, feature attacks 54, PGD and noise 8,
+FARE 29, PRM with EOT 14, checks 32, figures 3); a relaunch recomputes no attack and no training (the
 report's timing table shows each run's).
 
 Launch:
@@ -120,7 +120,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   pick = (lambda small, big: small) if runlocal else (lambda small, big: big)
   c.targets_workdir = ''     # '' = build the targets in workdir/targets
   c.attack = ml_collections.ConfigDict(dict(
-      num_images=pick(64, 500),     # test scenes attacked (the first ones)
+      num_images=pick(128, 500),    # test scenes attacked (the first ones)
       eps=(4, 8, 16),               # ℓ∞ radii in 1/255
       steps=pick(40, 250),          # AdamW steps of every feature attack
       lr=0.5, weight_decay=0.01,    # AdamW on δ in 0-255 units (the authors')
