@@ -387,9 +387,10 @@ def _clip(config: clip_lib.ClipConfig) -> clip_lib.Clip:
 
 
 @functools.lru_cache(maxsize=8)
-def _optimizer(learning_rate: float, num_steps: int, warmup_steps: int,
-               weight_decay: float) -> optax.GradientTransformation:
-  """AdamW with warmup and cosine decay; one object per setting (see `_clip`)."""
+def adamw_optimizer(learning_rate: float, num_steps: int, warmup_steps: int,
+                    weight_decay: float) -> optax.GradientTransformation:
+  """AdamW with warmup and cosine decay; one object per setting (see `_clip`), so a jitted
+  step taking it as a static argument compiles once per setting."""
   return train.make_optimizer(name='adamw', learning_rate=learning_rate, num_steps=num_steps,
                               warmup_steps=warmup_steps, weight_decay=weight_decay)
 
@@ -447,7 +448,7 @@ def pretrain(c: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
                sum(x.size for x in jax.tree.leaves(clip.abstract_variables)), c.num_steps,
                folder)
   pairs = captioned(train_split, tokenizer)
-  optimizer = _optimizer(c.learning_rate, c.num_steps, c.warmup_steps, c.weight_decay)
+  optimizer = adamw_optimizer(c.learning_rate, c.num_steps, c.warmup_steps, c.weight_decay)
   init_key = jax.random.key(c.seed)
   state = train.run_loop(
       init=lambda: _init_state(clip, optimizer, init_key),

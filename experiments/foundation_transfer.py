@@ -293,14 +293,6 @@ def _fare_step(encode: downstream.Encode, optimizer: optax.GradientTransformatio
       'loss': loss, 'clean_distance': squared_distance(outputs(params, x), target).mean()}
 
 
-@functools.lru_cache(maxsize=8)
-def _fare_optimizer(learning_rate: float, num_steps: int, warmup_steps: int,
-                    weight_decay: float) -> optax.GradientTransformation:
-  """One optimiser object per setting, so the jitted step compiles once per setting."""
-  return train.make_optimizer(name='adamw', learning_rate=learning_rate, num_steps=num_steps,
-                              warmup_steps=warmup_steps, weight_decay=weight_decay)
-
-
 def fare(c: ml_collections.ConfigDict, f: foundation.Foundation, train_split: ArrayDataset,
          workdir: str, *, progress: bool = True) -> Any:
   """The FARE-defended image-tower variables, trained (resuming) in `workdir/fare`."""
@@ -309,7 +301,8 @@ def fare(c: ml_collections.ConfigDict, f: foundation.Foundation, train_split: Ar
   record = {'foundation': ft.foundation_config(c).to_dict(), 'foundation_steps': f.steps,
             'fare': h.to_dict()}
   run_config.prepare_workdir(folder, record, resumable=run_config.RESUMABLE)
-  optimizer = _fare_optimizer(h.learning_rate, h.num_steps, h.warmup_steps, h.weight_decay)
+  optimizer = foundation.adamw_optimizer(h.learning_rate, h.num_steps, h.warmup_steps,
+                                         h.weight_decay)
   original = f.variables['image']
   eps = jnp.float32(h.eps / 255)
   device = jax.local_devices()[0]
