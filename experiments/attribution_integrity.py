@@ -42,7 +42,7 @@ from absl import logging
 
 from experiments import attribution_integrity_report as report
 from experiments import classifier
-from lib import sweep, train, validate
+from lib import run_config, sweep, train, validate
 from lib.attribution import audit as audit_lib
 from lib.attribution import heatmaps as heatmaps_lib
 from lib.attribution import invariance, localisation, manipulate, registry, scores
@@ -56,10 +56,7 @@ RESUMABLE_KEYS = ('strategy',)
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """The full config trains longer on 64 px scenes; `runlocal` fits 2 CPU cores."""
-  variants = set(filter(None, arg.split(',')))
-  if variants - {'runlocal'}:
-    raise ValueError(f'unknown config variants {sorted(variants - {"runlocal"})}; expected '
-                     "any of ['runlocal'].")
+  variants = run_config.variants(arg, ('runlocal',))
   c = classifier.get_config('runlocal' if 'runlocal' in variants else '')
   c.model_kwargs = ml_collections.ConfigDict({'widths': (16, 32, 64), 'batch_norm': True})
   c.image_size = 32 if 'runlocal' in variants else 64

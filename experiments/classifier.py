@@ -26,7 +26,7 @@ import numpy as np
 
 from lib import data as data_lib
 from lib import models
-from lib import train
+from lib import run_config, train
 from lib import validate
 from lib.report import figures, markdown
 from lib.report.writer import read_metrics
@@ -34,11 +34,7 @@ from lib.report.writer import read_metrics
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """Config for `arg`, a comma-separated list of variants (see module docstring)."""
-  variants = set(filter(None, arg.split(',')))
-  unknown = variants - {'runlocal', 'digits', 'cifar10', 'wrn'}
-  if unknown:
-    raise ValueError(f'unknown config variants {sorted(unknown)}; expected any of '
-                     "['runlocal', 'digits', 'cifar10', 'wrn'].")
+  variants = run_config.variants(arg, ('runlocal', 'digits', 'cifar10', 'wrn'))
   c = ml_collections.ConfigDict()
   c.dataset = 'shapes'
   c.image_size = 32
@@ -136,15 +132,25 @@ def build(c: ml_collections.ConfigDict):
   return train_data, test_data, model, optimizer
 
 
+def fit(c: ml_collections.ConfigDict, built: tuple, workdir: str) -> train.TrainState:
+  """Trains the classifier of `built = build(c)` in `workdir`, resuming from its checkpoints.
+
+  Every study that attacks "the classifier" trains it through here, so two studies under the
+  same classifier keys train the same model and can share one folder (experiments/main.py).
+  """
+  train_data, test_data, model, optimizer = built
+  return train.fit(model=model, optimizer=optimizer, train_data=train_data,
+                   eval_data=test_data, num_steps=c.num_steps, batch_size=c.batch_size,
+                   seed=c.seed, workdir=workdir, checkpoint_every=c.checkpoint_every,
+                   log_every=c.log_every, eval_every=c.eval_every, step_options=step_options(c))
+
+
 def run(c: ml_collections.ConfigDict, workdir: str) -> markdown.Section:
   """Trains (resuming from `workdir`), evaluates, writes figures; returns the report section."""
   validate_config(c)
-  train_data, test_data, model, optimizer = build(c)
-  state = train.fit(model=model, optimizer=optimizer, train_data=train_data,
-                    eval_data=test_data, num_steps=c.num_steps, batch_size=c.batch_size,
-                    seed=c.seed, workdir=workdir, checkpoint_every=c.checkpoint_every,
-                    log_every=c.log_every, eval_every=c.eval_every,
-                    step_options=step_options(c))
+  built = build(c)
+  train_data, test_data, model, _ = built
+  state = fit(c, built, workdir)
   records = read_metrics(os.path.join(workdir, 'metrics.jsonl'))
   final = [r for r in records if 'eval_accuracy' in r][-1]
   curves = figures.training_curves(records, os.path.join(workdir, 'training_curves.png'))

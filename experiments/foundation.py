@@ -99,10 +99,7 @@ MODEL_INTS = ('patch_size', 'vision_hidden_size', 'vision_layers', 'vision_heads
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """Config for `arg`: 'runlocal', or '' for OpenAI's ViT-B/16 from `clip_path`."""
-  variants = set(filter(None, arg.split(',')))
-  if variants - {'runlocal'}:
-    raise ValueError(f'unknown config variants {sorted(variants - {"runlocal"})}; expected '
-                     "any of ['runlocal'].")
+  variants = run_config.variants(arg, ('runlocal',))
   c = ml_collections.ConfigDict()
   c.clip_path = '~/models/clip-vit-base-patch16'   # '' = pretrain here
   c.dataset = 'shapes'

@@ -95,10 +95,14 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 def study_configs(c: ml_collections.ConfigDict, workdir: str) -> dict[str, ml_collections.ConfigDict]:
   """Each study's config as it runs in the main job.
 
-  `foundation_transfer` attacks the targets the `foundation_targets` study trained: when
-  both run and the transfer names no `targets_workdir`, the transfer takes the targets'
-  fields from `c.foundation_targets` (one source of truth: an override given there holds for
-  both) and reads that study's folder, so nothing trains twice.
+  Nothing trains twice:
+  - a study with a `classifier_workdir` key (it attacks the classifier of
+    experiments/classifier.py) that names none, when the `classifier` study runs under
+    exactly the same classifier keys, reads (resumes) the classifier study's folder;
+  - `foundation_transfer` attacks the targets the `foundation_targets` study trained: when
+    both run and the transfer names no `targets_workdir`, the transfer takes the targets'
+    fields from `c.foundation_targets` (one source of truth: an override given there holds
+    for both) and reads that study's folder.
 
   Raises:
     ValueError: `c.studies` names an unknown study.
@@ -109,6 +113,12 @@ def study_configs(c: ml_collections.ConfigDict, workdir: str) -> dict[str, ml_co
       raise ValueError(f'config.studies has unknown study {name!r}; expected any of '
                        f'{list(STUDIES)}.')
   configs = {name: c[name] for name in names}
+  if 'classifier' in names:
+    same = lambda config: all(_plain(config.get(k)) == _plain(v) for k, v in c.classifier.items())
+    for name, config in configs.items():
+      if config.get('classifier_workdir') == '' and same(config):
+        configs[name] = config = ml_collections.ConfigDict(config.to_dict())
+        config.classifier_workdir = os.path.join(workdir, 'classifier')
   transfer = configs.get('foundation_transfer')
   if transfer is not None and 'foundation_targets' in names and not transfer.targets_workdir:
     transfer = ml_collections.ConfigDict(transfer.to_dict())
@@ -117,6 +127,10 @@ def study_configs(c: ml_collections.ConfigDict, workdir: str) -> dict[str, ml_co
     transfer.targets_workdir = os.path.join(workdir, 'foundation_targets')
     configs['foundation_transfer'] = transfer
   return configs
+
+
+def _plain(value):
+  return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
 
 
 def run(c: ml_collections.ConfigDict, workdir: str) -> str:

@@ -3,7 +3,7 @@
 Protocol:
 
 1. Train the classifier of `experiments/classifier.py` (same config and code) in
-   `workdir/model` (resumable).
+   `workdir/model`, or in `classifier_workdir` when given (resumable).
 2. On the first `num_eval` test images: clean accuracy, and robust accuracy against every
    attack of `attacks` (FGSM, PGD, APGD-CE, APGD-T, Square, the AutoAttack-style ensemble;
    `lib.attacks`) at every radius of `linf_eps` (in units of 1/255) and `l2_eps`. Each
@@ -42,7 +42,7 @@ from absl import logging
 
 from experiments import classifier
 from experiments import robustness_report as report
-from lib import contract, train, validate
+from lib import contract, validate
 from lib.attacks import apgd, bpda, checks, ensemble, evaluate, pgd, square
 from lib.report import markdown
 
@@ -68,6 +68,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.square_queries = 200 if runlocal else 5000  # also in the checks and the ensemble
   c.saturation_scale = 1e4
   c.attack_seed = 0
+  # A folder where this very classifier config (every key of experiments/classifier.py)
+  # trains; the main job sets the classifier study's folder when the keys agree, so the
+  # model trains once. '' = train in workdir/model.
+  c.classifier_workdir = ''
   return c
 
 
@@ -110,6 +114,9 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
   for name in ('num_eval', 'pgd_steps', 'apgd_steps', 'n_target_classes', 'square_queries'):
     validate.check_int(c[name], f'config.{name}', minimum=1)
   validate.check_int(c.attack_seed, 'config.attack_seed', minimum=0)
+  if not isinstance(c.classifier_workdir, str):
+    raise ValueError(f'config.classifier_workdir must be a folder path or ""; got '
+                     f'{c.classifier_workdir!r}.')
   validate.check_number(c.saturation_scale, 'config.saturation_scale', low=1.0)
 
 
@@ -263,13 +270,10 @@ def measure(c: ml_collections.ConfigDict, apply, params, x, y) -> Results:
 def run(c: ml_collections.ConfigDict, workdir: str) -> markdown.Section:
   """Trains the classifier (resuming), attacks it, checks the evaluation; returns the section."""
   validate_config(c)
-  train_data, test_data, model, optimizer = classifier.build(c)
+  built = classifier.build(c)
+  _, test_data, model, _ = built
   check_against_data(c, len(test_data), test_data.num_classes)
-  state = train.fit(model=model, optimizer=optimizer, train_data=train_data,
-                    eval_data=test_data, num_steps=c.num_steps, batch_size=c.batch_size,
-                    seed=c.seed, workdir=os.path.join(workdir, 'model'),
-                    checkpoint_every=c.checkpoint_every, log_every=c.log_every,
-                    eval_every=c.eval_every, step_options=classifier.step_options(c))
+  state = classifier.fit(c, built, c.classifier_workdir or os.path.join(workdir, 'model'))
   batch = test_data.get(np.arange(c.num_eval))
   x, y = jnp.asarray(batch['image']), jnp.asarray(batch['label'])
   results = measure(c, model.apply, state.variables, x, y)

@@ -42,6 +42,20 @@ PREVIOUS_PREFIX = '.previous-'
 _MISSING = '<missing>'
 
 
+def variants(arg: str, allowed: Iterable[str]) -> frozenset[str]:
+  """The variants named by a config argument: `arg` split at commas, empty items dropped.
+
+  Raises:
+    ValueError: a variant is not in `allowed` (a typo would otherwise run another scale).
+  """
+  named = frozenset(filter(None, arg.split(',')))
+  unknown = named - set(allowed)
+  if unknown:
+    raise ValueError(f'unknown config variants {sorted(unknown)}; expected any of '
+                     f'{list(allowed)}.')
+  return named
+
+
 def to_json(config: Any) -> dict[str, Any]:
   """The config as config.json holds it: plain JSON types (tuples as lists, others as str).
 

@@ -84,6 +84,14 @@ def test_relaunch_resumes_refuses_or_restarts(tmp_path):
   assert _read(workdir / 'runs.txt').split() == ['3']
 
 
+def test_variants_split_at_commas_and_refuse_unknown_ones():
+  assert run_config.variants('', ('runlocal',)) == frozenset()
+  assert run_config.variants('runlocal,,cifar10', ('runlocal', 'cifar10')) == {'runlocal', 'cifar10'}
+  with pytest.raises(ValueError, match=r"unknown config variants \['runloca'\]; expected any of "
+                     r"\['runlocal'\]"):
+    run_config.variants('runloca', ('runlocal',))
+
+
 def test_differences_are_dotted_paths_sorted():
   old = {'lr': 0.1, 'model': {'widths': [4, 8], 'depth': 2}, 'gone': 1}
   new = {'lr': 0.1, 'model': {'widths': [8], 'depth': 2, 'act': 'relu'}}

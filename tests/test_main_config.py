@@ -72,3 +72,21 @@ def test_invalid_variant_names_study_and_valid_variants(arg, study, valid):
 def test_malformed_main_args_raise(arg, match):
   with pytest.raises(ValueError, match=match):
     main.get_config(arg)
+
+
+def test_study_configs_share_the_classifier_only_under_equal_classifier_keys():
+  c = main.get_config('runlocal')
+  configs = main.study_configs(c, '/w')
+  assert configs['robustness'].classifier_workdir == '/w/classifier'
+  assert c.robustness.classifier_workdir == ''          # the recorded config is untouched
+  c.robustness.num_steps += 1                           # another classifier: trains its own
+  assert main.study_configs(c, '/w')['robustness'].classifier_workdir == ''
+  c.studies = 'robustness'                              # no classifier study: trains its own
+  assert main.study_configs(c, '/w')['robustness'].classifier_workdir == ''
+
+
+def test_study_configs_link_the_transfer_to_the_targets_folder():
+  c = main.get_config('runlocal')
+  c.foundation_targets.num_test = 7
+  transfer = main.study_configs(c, '/w')['foundation_transfer']
+  assert transfer.targets_workdir == '/w/foundation_targets' and transfer.num_test == 7
