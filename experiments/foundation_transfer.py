@@ -41,10 +41,12 @@ Beyond the paper:
   - a deployment-side defence: random resizing and padding before the encoder (Xie et al.
     2018): each image is shrunk by s ~ U[`deploy.min_scale`, 1] and placed at a random
     offset on a black canvas of the same size (`jax.image.scale_and_translate`; ground-truth
-    maps and boxes move with it). PRM is attacked through it with EOT over `deploy.eot`
-    placements drawn once (`ThroughResizePad`: `lib.attacks.feature`'s encoders take no key,
-    so the draws cannot be fresh at each step; no dynamic scale), and plain PRM is shown
-    through it too; the evaluation draws placements no attack saw;
+    maps and boxes move with it). PRM is attacked through it with EOT (Athalye et al. 2018):
+    `deploy.eot` placements per image drawn fresh at every step (`ResizePadEncoder`, a
+    stochastic encoder of `lib.attacks.feature`; clean and perturbed image under the same
+    placement; no dynamic scale), and plain PRM is shown through it too; the evaluation's
+    placements come from another key (fold_in(key(deploy.seed), 0) against the attack's
+    fold_in(..., 1)), so no attack saw them;
   - `lib.attacks.checks.check_evaluation` on the white-box baseline (PGD on zero-shot).
 
 A column whose clean metric does not beat its trivial baseline (the targets section's) by
@@ -62,10 +64,13 @@ of its evaluations.
 Variants: `runlocal` (the runlocal foundation and targets; 128 scenes, 40 AdamW steps for
 every feature attack instead of the paper's 250, FARE 150 steps) and '' (OpenAI's ViT-B/16,
 500 scenes, 250 steps). Runlocal, the targets already trained: 147 s wall on 2 quiet cores
-(2026-12-01; 111 s with 64 scenes; at 64 scenes and load ~11: 652 s wall, 192 CPU-seconds:
-targets resumed 16, evaluating the targets 31 times 37, feature attacks 54, PGD and noise 8,
-FARE 29, PRM with EOT 14, checks 32, figures 3); a relaunch recomputes no attack and no training (the
-report's timing table shows each run's).
+(2026-12-01, EOT over placements drawn once: 202 CPU-seconds, 12.7 of them PRM with EOT).
+With fresh placements at every step (the clean features recomputed at each step), two runs
+at load 5-14 (2026-12-01): 207 and 218 CPU-seconds, 14.3 and 16.0 of them PRM with EOT (537
+and 348 s wall; the first: targets resumed 15, evaluating the targets 57, feature attacks
+58, PGD and noise 9, FARE 25, checks 27, figures 2); no quiet-core wall time was measured.
+A relaunch recomputes no attack and no training (the report's timing table shows each
+run's).
 
 Launch:
   python -m launch.run --config=experiments/foundation_transfer.py:runlocal --workdir=/tmp/fx
@@ -372,34 +377,22 @@ def resize_pad_split(split: ArrayDataset, placement: Placement) -> ArrayDataset:
 
 
 @dataclasses.dataclass(frozen=True)
-class ThroughResizePad:
-  """An image encoder behind K fixed placements of random resizing and padding, for EOT
-  with `lib.attacks.feature` (whose encoders take no key): `apply(params, images)` encodes
-  the images under each placement and concatenates each hidden state's tokens, [B, K·T, D],
-  so PRM's mean over tokens is the mean over the K placements of each one's PRM loss.
+class ResizePadEncoder:
+  """An image encoder behind random resizing and padding, as a stochastic encoder for
+  `lib.attacks.feature` (`stochastic=True`): `apply(params, images, *, key)` draws one
+  placement per image from `key` (`draw_placement`), applies it (`resize_pad`) and encodes
+  the result, so an attack given a fresh key every step sees fresh placements (EOT).
 
   Attributes:
     encoder: `encoder(params, images) -> Outputs` with the hidden states as taps.
-    scales: K scales s in (0, 1].
-    offsets: K (row, column) offsets in pixels.
+    min_scale: the smallest scale s of the placements.
   """
   encoder: Callable[..., contract.Outputs]
-  scales: tuple[float, ...]
-  offsets: tuple[tuple[float, float], ...]
+  min_scale: float
 
-  @classmethod
-  def draw(cls, encoder, key: Array, k: int, size: tuple[int, int], min_scale: float):
-    p = jax.tree.map(np.asarray, draw_placement(key, k, size, min_scale))
-    return cls(encoder, tuple(float(s) for s in p.scale),
-               tuple((float(a), float(b)) for a, b in p.offset))
-
-  def __call__(self, params: Any, images: Array) -> contract.Outputs:
-    n = images.shape[0]
-    outs = [contract.as_outputs(self.encoder(params, resize_pad(images, Placement(
-        jnp.full((n,), s, jnp.float32), jnp.broadcast_to(jnp.asarray(o, jnp.float32), (n, 2))))))
-        for s, o in zip(self.scales, self.offsets)]
-    taps = {name: jnp.concatenate([o.taps[name] for o in outs], axis=1) for name in outs[0].taps}
-    return contract.Outputs(None, taps, None)
+  def __call__(self, params: Any, images: Array, *, key: Array) -> contract.Outputs:
+    placement = draw_placement(key, images.shape[0], images.shape[1:3], self.min_scale)
+    return contract.as_outputs(self.encoder(params, resize_pad(images, placement)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -554,16 +547,17 @@ class _Attacker:
     return _cached(self.folder, f'{name}_{eps}', self._stamp(params, f'{name}{eps}{text}'), run)
 
   def eot(self, params, eps):
-    """PRM through random resizing and padding, EOT over `deploy.eot` placements drawn once
-    (no dynamic scale), at ε (1/255)."""
+    """PRM through random resizing and padding, EOT over `deploy.eot` fresh placements per
+    image at every step (no dynamic scale), at ε (1/255). Its keys come from
+    fold_in(key(deploy.seed), 1); the evaluation's placements from fold_in(..., 0)."""
     a, d = self.c.attack, self.c.deploy
-    through = ThroughResizePad.draw(self.encoder, jax.random.fold_in(jax.random.key(d.seed), 1),
-                                    d.eot, self.x.shape[1:3], float(d.min_scale))
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(d.seed), 1), eps)
     run = lambda: feature.feature_attack(
-        through, params, self.x, loss='prm', eps=jnp.float32(eps / 255), steps=a.steps,
-        lr=a.lr, weight_decay=a.weight_decay, scale=None).x_adv
+        ResizePadEncoder(self.encoder, float(d.min_scale)), params, self.x, loss='prm',
+        eps=jnp.float32(eps / 255), steps=a.steps, lr=a.lr, weight_decay=a.weight_decay,
+        scale=None, stochastic=True, eot=d.eot, key=key).x_adv
     return _cached(self.folder, f'PRM_EOT_{eps}',
-                   self._stamp(params, f'eot{eps}{json.dumps(d.to_dict(), sort_keys=True)}'),
+                   self._stamp(params, f'eot-fresh{eps}{json.dumps(d.to_dict(), sort_keys=True)}'),
                    run)
 
 
@@ -634,8 +628,8 @@ def measure(c: ml_collections.ConfigDict, workdir: str, *, progress: bool = True
               with_images(test, adversarial['PRM', eps]), defended)))}
 
   d = c.deploy
-  placement = draw_placement(jax.random.fold_in(jax.random.key(d.seed), 0), len(test), (c.image_size, c.image_size),
-                             d.min_scale)
+  placement = draw_placement(jax.random.fold_in(jax.random.key(d.seed), 0), len(test),
+                             (c.image_size, c.image_size), d.min_scale)
   x_eot = timer('attacks: PRM with EOT', lambda: attacker.eot(image, eps))
   moved = lambda images: resize_pad_split(with_images(test, images), placement)
   clean_moved = timer('evaluate the targets', lambda: evaluate(

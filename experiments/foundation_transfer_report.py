@@ -296,8 +296,9 @@ def section(c: ml_collections.ConfigDict, results: Any, workdir: str) -> markdow
                            'reading the defended tower):', results.fare),
              markdown.Text(fare_sentence(results, c)),
              defence_table(f'Random resizing (s ∈ [{c.deploy.min_scale:g}, 1]) and padding '
-                           f'before the encoder ({c.deploy.eot} EOT draws per step; clean → '
-                           'attacked):', results.deploy),
+                           f'before the encoder (EOT: {c.deploy.eot} fresh placements per '
+                           'image at every step; evaluated on placements no attack drew; '
+                           'clean → attacked):', results.deploy),
              markdown.Text(deploy_sentence(results)),
              checks_table(results), markdown.Text(checks_sentence(results)),
              timing_table(results)]

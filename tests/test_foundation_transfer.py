@@ -1,7 +1,7 @@
 """The inherited-vulnerability study: config checks before work, the resize-and-pad defence's
-geometry, FARE's distance, PGD on zero-shot really lowering zero-shot accuracy, the report
-written from the numbers, and (slow) evaluation compiling once and a tiny run end to end and
-resumed (experiments/foundation_transfer.py)."""
+geometry and its stochastic encoder for EOT, FARE's distance, PGD on zero-shot really
+lowering zero-shot accuracy, the report written from the numbers, and (slow) evaluation
+compiling once and a tiny run end to end and resumed (experiments/foundation_transfer.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from experiments import foundation
 from experiments import foundation_targets as ft
 from experiments import foundation_transfer as fx
 from experiments import foundation_transfer_report as report
-from lib import downstream
+from lib import contract, downstream
 from lib.attacks import checks as checks_lib
 from lib.attacks import pgd
 from lib.data import get_dataset
@@ -128,6 +128,19 @@ def test_resize_pad_moves_images_maps_and_boxes_together():
     for b, label in zip(moved.arrays['boxes'][i], moved.arrays['box_labels'][i]):
       if label >= 0:
         assert 0 <= b[0] < b[2] <= 1 and 0 <= b[1] < b[3] <= 1
+
+
+def test_resize_pad_encoder_draws_each_images_placement_from_the_key():
+  """The stochastic encoder PRM's EOT attacks: the placements of `draw_placement(key)`, one
+  per image, so each step's fresh key moves the images anew."""
+  encoder = lambda params, x: contract.Outputs(None, {'t': x.reshape(x.shape[0], -1, 3)}, None)
+  through = fx.ResizePadEncoder(encoder, 0.75)
+  x = jax.random.uniform(jax.random.key(0), (3, 16, 16, 3))
+  key = jax.random.key(4)
+  want = fx.resize_pad(x, fx.draw_placement(key, 3, (16, 16), 0.75)).reshape(3, -1, 3)
+  np.testing.assert_allclose(through(None, x, key=key).taps['t'], want, atol=1e-6)
+  other = through(None, x, key=jax.random.key(5)).taps['t']
+  assert all(np.abs(other[i] - want[i]).max() > 1e-3 for i in range(3))
 
 
 def test_fare_distance_is_embedding_plus_mean_patch_distance():

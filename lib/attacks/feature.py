@@ -53,6 +53,15 @@ becomes a select that evaluates every size (correct, slower). The resize is
 antialiasing (Keys' a = −0.5); PyTorch's bicubic (a = −0.75, the authors') is
 `lib.models.vit.resize_bicubic`, which a caller passes (this package imports no models).
 
+A stochastic encoder (`stochastic=True`: e.g. an encoder behind a randomised input defence)
+is called `features(params, images, key=k)` with a fresh key every step (Expectation over
+Transformation, Athalye et al. 2018, "Synthesizing robust adversarial examples": new
+transformations at each step), split into `eot` draws whose losses are averaged
+(`lib.attacks.objective.over_draws`, vmapped, the convention of every EOT gradient here).
+The clean features are then recomputed at each step with the same key as x + δ's, so both
+images go through the same transformation (at δ = 0 PRM's loss is exactly the number of
+layers); with dynamic scale the step's key is split into the scale draw and the encoder's.
+
 A batch is attacked as independent images: the loss differentiated is the sum of the
 per-image losses (the authors attack one image at a time; Adam is elementwise, so each
 image follows its own trajectory).
@@ -77,12 +86,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from lib import contract, iterate, validate
-from lib.attacks import _args
+from lib.attacks import _args, objective
 from lib.attacks.pgd import random_start
 from lib.meta import adam
 
 Array = jax.Array
-Features = Callable[..., Any]      # features(params, images [B, H, W, C]) -> Outputs | dict
+# features(params, images [B, H, W, C][, key=k]) -> Outputs | dict
+Features = Callable[..., Any]
 Resize = Callable[[Array, tuple[int, int]], Array]
 
 LOSSES = ('prm', 'embedding', 'nrd', 'dr', 'dr_authors')
@@ -283,28 +293,39 @@ def make_feature_attack(features: Features, params: Any, x: Array, *, loss: str 
                         weight_decay: float | Array = 0.01,
                         betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8,
                         scale: tuple[float, float] | None = None, patch_size: int = 1,
-                        resize: Resize | None = None) -> iterate.Iterative:
+                        resize: Resize | None = None, stochastic: bool = False,
+                        eot: int = 1) -> iterate.Iterative:
   """A feature attack as an `(init, step)` pair (lib.iterate's convention); no checks.
 
   `init(delta=None) -> State` starts from δ = 0 or from `delta` [B, H, W, C] given in [0, 1]
   pixel units (e.g. `random_start(key, x, eps, norm) - x`). `step(state, key) -> (State,
-  loss [B])` draws the step's scale from `key` (when `scale` is set), takes one AdamW step
-  on δ and returns each image's loss before it. Run with `iterate.run(step, state, steps,
-  key=k)`. Arguments as `feature_attack` (`layers` resolved to names).
+  loss [B])` draws the step's scale from `key` (when `scale` is set) and, for a stochastic
+  encoder, its `eot` encoder keys, takes one AdamW step on δ and returns each image's loss
+  before it (the mean over the draws). Run with `iterate.run(step, state, steps, key=k)`.
+  Arguments as `feature_attack` (`layers` resolved to names).
   """
   resize = _resize_default if resize is None else resize
-  encode = lambda images: _outputs(features(params, images))
+
+  def encode(images, key):
+    return _outputs(features(params, images) if key is None else
+                    features(params, images, key=key))
+
   sizes, cuts = (None, ()) if scale is None else scale_sizes(x.shape[1:3], scale, patch_size)
 
   def at_size(size):
-    """δ -> (Σ loss, [B] loss) with both images resized to `size` (None: native). The clean
-    features at a size are computed once, here, outside the iterations."""
-    clean = encode(x if size is None else resize(x, size))
+    """(δ, encoder key) -> (Σ loss, [B] loss) with both images resized to `size` (None:
+    native). A deterministic encoder's clean features at a size are computed once, here,
+    outside the iterations; a stochastic one's at every step under the step's keys."""
+    fit = (lambda images: images) if size is None else (lambda images: resize(images, size))
+    fixed = None if stochastic else encode(fit(x), None)
 
-    def total(delta):
-      adv = perturb(x, delta, eps, norm)
-      per_image = feature_loss(loss, encode(adv if size is None else resize(adv, size)),
-                               clean, layers)
+    def total(delta, key):
+      adv = fit(perturb(x, delta, eps, norm))
+
+      def one(k):
+        clean = encode(fit(x), k) if stochastic else fixed
+        return feature_loss(loss, encode(adv, k), clean, layers)
+      per_image = objective.over_draws(one, key, eot).mean(0)
       return per_image.sum(), per_image
     return jax.grad(total, has_aux=True)
 
@@ -317,12 +338,13 @@ def make_feature_attack(features: Features, params: Any, x: Array, *, loss: str 
     return State(d, adam.adam_init(d))
 
   def step(state: State, key: Array) -> tuple[State, Array]:
+    scale_key, encoder_key = jax.random.split(key) if stochastic else (key, None)
     if len(branches) == 1:
-      grad, value = branches[0](state.delta)
+      grad, value = branches[0](state.delta, encoder_key)
     else:
-      r = jax.random.uniform(key, (), x.dtype, scale[0], scale[1])
+      r = jax.random.uniform(scale_key, (), x.dtype, scale[0], scale[1])
       index = jnp.searchsorted(jnp.asarray(cuts, x.dtype), r, side='right')
-      grad, value = jax.lax.switch(index, branches, state.delta)
+      grad, value = jax.lax.switch(index, branches, state.delta, encoder_key)
     delta, opt = adamw_step(state.delta, grad, state.opt, lr=lr, weight_decay=weight_decay,
                             betas=betas, eps=adam_eps)
     return State(delta, opt), value
@@ -332,13 +354,13 @@ def make_feature_attack(features: Features, params: Any, x: Array, *, loss: str 
 
 @functools.partial(jax.jit, static_argnames=('features', 'loss', 'layers', 'norm', 'steps',
                                              'betas', 'adam_eps', 'scale', 'patch_size',
-                                             'resize', 'start'))
+                                             'resize', 'start', 'stochastic', 'eot'))
 def _attack(features, params, x, eps, lr, weight_decay, key, delta0, *, loss, layers, norm,
-            steps, betas, adam_eps, scale, patch_size, resize, start):
+            steps, betas, adam_eps, scale, patch_size, resize, start, stochastic, eot):
   attack = make_feature_attack(features, params, x, loss=loss, layers=layers, eps=eps,
                                norm=norm, lr=lr, weight_decay=weight_decay, betas=betas,
                                adam_eps=adam_eps, scale=scale, patch_size=patch_size,
-                               resize=resize)
+                               resize=resize, stochastic=stochastic, eot=eot)
   base = jax.random.key(0) if key is None else key
   start_key, run_key = jax.random.split(base)
   if start == 'random':
@@ -353,13 +375,15 @@ def feature_attack(features: Features, params: Any, x: Array, *, loss: str = 'pr
                    weight_decay: float | Array = 0.01, betas: tuple[float, float] = (0.9, 0.999),
                    adam_eps: float = 1e-8, scale: tuple[float, float] | None = (0.5, 1.0),
                    patch_size: int | None = None, resize: Resize | None = None,
-                   start: str | Array = 'zero', key: Array | None = None) -> Result:
+                   start: str | Array = 'zero', stochastic: bool = False, eot: int = 1,
+                   key: Array | None = None) -> Result:
   """PRM (default) or a baseline feature attack on an encoder; see the module docstring.
 
   Args:
     features: the encoder, `features(params, images [B, h, w, C]) -> Outputs` (taps and,
-      for 'embedding', features) or a dict of taps; static for jit: pass the same object
-      (e.g. `lib.models.clip.image_encoder(clip)`) to reuse the compiled program.
+      for 'embedding', features) or a dict of taps, or with `stochastic`
+      `features(params, images, key=k)`; static for jit: pass the same object (e.g.
+      `lib.models.clip.image_encoder(clip)`) to reuse the compiled program.
     params: its parameters (CLIP: `variables['image']`).
     x: [B, H, W, C] clean images in [0, 1].
     loss: a name in `LOSSES`.
@@ -378,7 +402,10 @@ def feature_attack(features: Features, params: Any, x: Array, *, loss: str = 'pr
       the authors' kernel: `lib.models.vit.resize_bicubic`); static, like `features`.
     start: 'zero' (the paper's), 'random' (uniform in the ε-ball, as PGD's random start;
       needs `key`) or a [B, H, W, C] perturbation in [0, 1] pixel units.
-    key: typed PRNG key for the scale draws and a random start.
+    stochastic: whether `features` takes `key=`: each step then passes it fresh keys, the
+      same for x and x + δ (module docstring; needs `key`).
+    eot: encoder keys per step whose losses are averaged (≥ 1; > 1 needs `stochastic`).
+    key: typed PRNG key for the scale draws, the encoder's keys and a random start.
 
   Returns:
     `Result(x_adv [B, H, W, C], loss [steps, B])`.
@@ -391,14 +418,14 @@ def feature_attack(features: Features, params: Any, x: Array, *, loss: str = 'pr
   layers = _check(features, params, x, loss=loss, layers=layers, eps=eps, norm=norm,
                   steps=steps, lr=lr, weight_decay=weight_decay, betas=betas,
                   adam_eps=adam_eps, scale=scale, patch_size=patch_size, resize=resize,
-                  start=start, key=key)
+                  start=start, stochastic=stochastic, eot=eot, key=key)
   given = not isinstance(start, str)
   return _attack(features, params, x, eps, lr, weight_decay, key, start if given else None,
                  loss=loss, layers=layers, norm=norm, steps=steps,
                  betas=tuple(float(b) for b in betas), adam_eps=float(adam_eps),
                  scale=None if scale is None else tuple(float(s) for s in scale),
                  patch_size=1 if patch_size is None else patch_size, resize=resize,
-                 start='given' if given else start)
+                 start='given' if given else start, stochastic=stochastic, eot=int(eot))
 
 
 def random_noise(x: Array, *, eps: float | Array, norm: str = 'linf', key: Array) -> Array:
@@ -438,21 +465,23 @@ def _check_eps(eps: Any, norm: str) -> None:
 
 
 # jit's trace cache makes repeated shape queries free (no re-trace of `features`).
-_shape_of = jax.jit(lambda features, params, x: _outputs(features(params, x)),
-                    static_argnums=0)
+_shape_of = jax.jit(lambda features, params, x, key: _outputs(
+    features(params, x) if key is None else features(params, x, key=key)), static_argnums=0)
 
 
-def _encoder_outputs(features, params, x, name: str) -> contract.Outputs:
-  """The encoder's output shapes on `x`'s shape; a failure becomes a ValueError on `name`."""
+def _encoder_outputs(features, params, x, name: str, key=None) -> contract.Outputs:
+  """The encoder's output shapes on `x`'s shape (called with `key` when given); a failure
+  becomes a ValueError on `name`."""
   try:
-    return _shape_of.eval_shape(features, params, x)
+    return _shape_of.eval_shape(features, params, x, key)
   except (ValueError, TypeError) as e:
     raise ValueError(f'{name}: the encoder does not take images of shape {tuple(x.shape)}: '
                      f'{e}') from e
 
 
 def _check(features, params, x, *, loss, layers, eps, norm, steps, lr, weight_decay, betas,
-           adam_eps, scale, patch_size, resize, start, key) -> tuple[str, ...]:
+           adam_eps, scale, patch_size, resize, start, stochastic, eot, key
+           ) -> tuple[str, ...]:
   """Validates `feature_attack`'s arguments; returns the layer names."""
   if not callable(features):
     raise ValueError(f'features must be a callable features(params, images); got '
@@ -497,15 +526,26 @@ def _check(features, params, x, *, loss, layers, eps, norm, steps, lr, weight_de
              if s != tuple(x.shape[1:3])]
     if scale[0] < scale[1]:
       needs_key.append('dynamic scale draws a ratio every step')
+  if not isinstance(stochastic, bool):
+    raise ValueError(f'stochastic must be a bool (whether features takes key=); got '
+                     f'{stochastic!r}.')
+  validate.check_int(eot, 'eot', minimum=1)
+  if eot > 1 and not stochastic:
+    raise ValueError(f'eot={eot} averages over the encoder\'s randomness: it needs '
+                     'stochastic=True (features(params, images, key=k)).')
+  if stochastic:
+    contract.require_keywords(features, ('key',), needed_by='feature_attack(stochastic=True)')
+    needs_key.append('a stochastic encoder gets fresh keys every step')
   if needs_key:
     _args.check_key_if_given(key, needed=True, why='; '.join(needs_key))
   elif key is not None:
     validate.check_key(key)
-  out = _encoder_outputs(features, params, x, 'x')
+  encoder_key = key if stochastic else None
+  out = _encoder_outputs(features, params, x, 'x', encoder_key)
   for size in sizes:
     _encoder_outputs(features, params,
                      jax.ShapeDtypeStruct((x.shape[0], *size, x.shape[-1]), x.dtype),
-                     f'scale={tuple(scale)} (size {size[0]}x{size[1]})')
+                     f'scale={tuple(scale)} (size {size[0]}x{size[1]})', encoder_key)
   if loss == 'embedding':
     if out.features is None:
       raise ValueError("loss='embedding' needs features(params, images) to return "

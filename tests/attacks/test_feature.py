@@ -1,6 +1,7 @@
 """lib/attacks/feature.py: the losses against torch, AdamW and one attack step against
 torch.optim.AdamW, the ε bound, PRM on a tiny random CLIP, dynamic scale compiling once,
-the direction of DR, and the ValueErrors of bad input.
+fresh encoder keys at each step for a stochastic encoder (EOT), the direction of DR, and the
+ValueErrors of bad input.
 
 Attacks run on `lib.models.clip`'s TINY config (32 px, 8 px patches, 3 hidden states); one
 encoder object and shared static options keep the compiled programs few.
@@ -180,6 +181,34 @@ def test_vmaps_over_keys(tiny):
   assert np.all(_mean_cosine(tiny, batched[0]) < 1)
 
 
+def test_stochastic_encoder_gets_fresh_keys_each_step_and_compiles_once(tiny):
+  """EOT with fresh draws: every step hands the encoder `eot` new keys (recorded at run
+  time), each used for both x and x + δ (so PRM's loss at δ = 0 is the number of layers),
+  and new keys, images or ε reuse the compiled program."""
+  clip, params, encode, traces = tiny
+  seen = []
+
+  def shifted(p, x, *, key):
+    """The encoder behind a random circular shift of the image (a randomised defence)."""
+    jax.debug.callback(lambda k: seen.append(tuple(np.asarray(k).ravel())),
+                       jax.random.key_data(key))
+    shift = jax.random.randint(key, (2,), 0, x.shape[1])
+    return encode(p, jnp.roll(x, (shift[0], shift[1]), axis=(1, 2)))
+
+  run = lambda **kw: feature.feature_attack(
+      shifted, params, kw.pop('x', X), stochastic=True, eot=2, steps=3, lr=2.0, scale=None,
+      **{'key': jax.random.key(1), **kw})
+  first = run()
+  jax.block_until_ready(first.x_adv)
+  np.testing.assert_allclose(first.loss[0], len(clip.image_hidden_states), rtol=1e-6)
+  counts = {k: seen.count(k) for k in seen}
+  assert len(counts) == 3 * 2 and set(counts.values()) == {2}, counts   # clean + adversarial
+  after_first = len(traces)
+  jax.block_until_ready(run(x=1 - X, eps=4 / 255, key=jax.random.key(5)).x_adv)
+  assert len(traces) == after_first, 'new keys, images or ε must not re-trace'
+  assert not set(seen[len(seen) // 2:]) & set(counts), 'a new key draws new transformations'
+
+
 def test_dr_reduces_dispersion_and_the_authors_sign_increases_it(tiny):
   clip, params, encode, _ = tiny
   layers = clip.image_hidden_states
@@ -220,6 +249,9 @@ def test_layer_sets_split_vit_b16_states_in_thirds():
     (dict(betas=(0.9, 1.0)), 'betas'),
     (dict(x=X[:, :30, :30]), 'x'),               # not a patch multiple
     (dict(x=X * 2), 'x'),
+    (dict(eot=0), 'eot'),
+    (dict(eot=2), 'stochastic'),                 # EOT over a deterministic encoder
+    (dict(stochastic=True), 'key'),              # the encoder takes no key
 ])
 def test_bad_input_raises_naming_the_argument(tiny, kwargs, message):
   _, params, encode, _ = tiny
