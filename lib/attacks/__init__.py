@@ -17,7 +17,8 @@ Modules:
   ensemble    AutoAttack-style ensemble (APGD-CE, APGD-T, Square; 'rand': EOT APGD), worst case
   checks      sanity checks of an evaluation (Carlini et al. 2019, Tramèr et al. 2020): pass/warn/fail
   feature     feature-level attacks on an encoder alone: PRM (Hu et al. 2024), embedding, NRD,
-              DR baselines (AdamW on δ, dynamic scale), random noise
+              DR baselines (AdamW on δ, dynamic scale; a random encoder with EOT, fresh
+              draws every step), random noise
 """
 
 from lib.attacks import losses, objective
