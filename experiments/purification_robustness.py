@@ -4,28 +4,45 @@ How much does diffusion purification (DiffPure) add to a classifier's robustness
 sampler's randomness is controlled, and does what remains track how much the purifier
 compresses its input space?
 
-Status (2026-12-01, second pass): runs end to end and resumes; t* is a traced argument of
-the purifier, so every program compiles once for the whole grid (tests count traces and
-PGD's compiled programs); the denoiser trains only on k ≤ denoiser.max_t·T. Not yet good
-enough to join the main job as evidence about purification: the runlocal denoiser (68k
-parameters, 800 steps at 3e-3, loss ~0.25 on k ≤ 200) keeps 0.49 / 0.21 / 0.17 purified
-clean accuracy at t* = 0.05 / 0.1 / 0.2 against the classifier's 0.69 (32 images, 8 draws;
-at 2e-3 it sat on a loss plateau of ~0.9 and gave 0.27 / 0.17 / 0.16 on 128 images). The
-runlocal classifier itself is fragile: Gaussian noise σ = 0.08 takes it from 0.70 to 0.34, a
-3×3 box blur to 0.31 (128 images), which bounds what a smoothing denoiser can give back.
-Runlocal: 34.6 min wall at load 5-15, 18.9 CPU-min (user + sys), so ~10 min on 2 quiet
-cores, not 4; the stages: classifier 305 s, denoiser 390 s, t* = 0.05 (every compile) 460 s,
-t* = 0.1 (with the checks) 709 s, t* = 0.2 144 s. Next: a stronger denoiser per CPU-second
-(more steps or width: 1600 steps at 3e-3 reached loss 0.21 by step 600), a smaller t* grid
-(0.02, 0.05, 0.1: purified 0.74 / 0.56 / 0.34 on 128 images, one draw, with the step-800
-checkpoint of that run), fewer compiled programs (the tiny overrides of
-tests/test_purification_robustness.TINY take 107 s on 2 cores, not the 40 s the main job
-wants).
+Status (2026-12-01, third pass): runs end to end and resumes; not yet within the main job's
+budget. Compiled programs: t* is a traced argument of the purifier (one program per
+evaluation for the whole grid); fresh and fixed randomness share one PGD program (the key a
+step takes is a traced choice in lib/attacks/pgd.py); the evaluated images are committed
+to the device like the attacks' outputs, so evaluation and purification compile once, not
+once per placement. The tiny overrides (tests/test_purification_robustness.TINY) compile 2
+purified PGD programs instead of 3, 1 purified evaluation instead of 2, 1 purification
+instead of 2, 2 evaluations of the classifier alone instead of 4 (counted with
+jax_log_compiles): 96 CPU-s for the whole process (was 106), 7.3 min wall at load ~12; about
+90 s on 2 quiet cores, not the 50 s wanted. Left of it: the UNet's init (10 CPU-s, eager
+or jitted alike) and step compile, the checks of the classifier alone (4 PGD programs and
+Square; ~20 CPU-s, which the robustness study also runs), the BPDA program.
+Denoiser (runlocal classifier, clean 0.727 on 128 images; purified clean accuracy at t* =
+0.02 / 0.05 / 0.1, 4 draws): trained on max_t 0.1 it sat on the loss plateau (1.0) for all
+400 steps: 0.547 / 0.229 / 0.158 (the purifier then only adds noise); on max_t 0.2, 600
+steps of batch 16 (loss 0.29): 0.689 / 0.512 / 0.240; on max_t 0.5, the same steps: 0.631 /
+0.328 / 0.197. Runlocal takes the max_t 0.2 denoiser and the lower grid 0.02 / 0.05 / 0.1.
+Runlocal (measured 2026-12-01 with the classifier read from another folder, as the main
+job would; 26 min wall at load 6-13, 804 CPU-s in the stages, so ~7 min on 2 quiet cores,
+not 3.5): classifier 0.688 clean on 32 images, 0 under PGD; purified clean 0.688 / 0.418 /
+0.184 at t* = 0.02 / 0.05 / 0.1 (8 draws); robust (mean over draws) fresh 0.059 / 0.074 /
+0.070, fixed 0.031 / 0.031 / 0.039, BPDA 0.086 / 0.102 / 0.117; the checks at t* = 0.05
+pass; compression (random δ) 0.55 / 0.39 / 0.33, Spearman with fixed robust accuracy
+−0.866 over 3 t*. Purification keeps clean accuracy only at t* = 0.02, and no t* gains more
+than 0.12 over the undefended 0: the runlocal numbers say little about purification yet.
+CPU-s per stage: denoiser 126, classifier alone (PGD and checks) 20, t* = 0.02 (every
+purified compile) 187, t* = 0.05 with the checks on 8 images 352, t* = 0.1 (no compile)
+118. Next: the checks (~235 CPU-s: the purified programs compiled again at the checks'
+batch shape, PGD at 2× steps and at 2 restarts, Square) are the largest cut left; a plain t* (three PGD-EOT of 10
+steps × EOT 4 through 5 reverse steps on 32 images) costs ~118 CPU-s, so halving EOT or the
+steps is the other lever, a protocol choice to document; the denoiser needs more than 600
+steps of batch 16 to lift t* = 0.05 (0.42 here; 0.51 on 128 images with the same recipe).
 
 Protocol:
 
 1. Train the classifier of `experiments/classifier.py` (same config and code) in
-   `workdir/model` (resumable), as `experiments/robustness.py` does.
+   `workdir/model`, or resume it from `classifier_workdir` when given (the classifier
+   study's folder under the same classifier keys; the main job can set it so the classifier
+   trains once), as `experiments/robustness.py` does.
 2. The denoiser: `config.denoiser.path` loads a diffusers `UNet2DModel` folder (the full
    config: google/ddpm-cifar10-32); without a path, a small diffusers-style UNet is trained
    on the classifier's training images with `lib.diffusion.eps_loss` through
@@ -67,9 +84,10 @@ Protocol:
 `experiments.purification_robustness_report.section` writes the report from the numbers
 (`Results`); the time of every stage is measured and reported.
 
-Variants: `runlocal` (the classifier's runlocal CNN on `shapes`, a 0.07M-parameter UNet
-trained for 800 steps at learning rate 3e-3 on diffusion times ≤ 0.2, t* ∈ {0.05, 0.1,
-0.2}, ℓ∞ 8/255, PGD-EOT 10 steps with EOT 4, 5 reverse SDE steps, 32 images); '' (full
+Variants: `runlocal` (the classifier's runlocal CNN on `shapes`; a 0.07M-parameter UNet
+trained for 600 steps of batch 16 at learning rate 3e-3 on diffusion times ≤ 0.2; t* ∈
+{0.02, 0.05, 0.1}; ℓ∞ 8/255; PGD-EOT 10 steps with EOT 4 through 5 reverse SDE steps; 32
+images, 8 evaluation draws; the checks at t* = 0.05 on 8 images); '' (full
 scale: WideResNet-28-10 on CIFAR-10 through TFDS, the diffusers DDPM from
 `config.denoiser.path`, t* = 0.1 at ℓ∞ 8/255 and 0.075 at ℓ2 0.5, DiffPure's t*·1000 SDE
 steps, PGD-EOT 200 steps, EOT 20, step 0.007, no random start, plus the 'rand' ensemble);
@@ -128,8 +146,8 @@ def _denoiser_config(runlocal: bool) -> ml_collections.ConfigDict:
       # The largest diffusion time trained: steps k ≤ max_t·T only (lib.diffusion.losses);
       # every t* must be at most max_t. 1.0: the whole chain.
       'max_t': 0.2 if runlocal else 1.0,
-      'num_steps': 800 if runlocal else 20000,
-      'batch_size': 32 if runlocal else 128,
+      'num_steps': 600 if runlocal else 20000,
+      'batch_size': 16 if runlocal else 128,
       # 2e-3 left the small UNet on its loss plateau (~0.9) for 400 steps; 1e-2 for 500.
       'learning_rate': 3e-3,
       'warmup_steps': 20 if runlocal else 500,
@@ -149,7 +167,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c = classifier.get_config(arg or 'cifar10,wrn')
   runlocal = 'runlocal' in arg.split(',')
   c.denoiser = _denoiser_config(runlocal)
-  c.t_stars = '0.05,0.1,0.2' if runlocal else '0.1,0.075'  # comma-separated t* grid
+  c.t_stars = '0.02,0.05,0.1' if runlocal else '0.1,0.075'  # comma-separated t* grid
   c.norms = 'linf' if runlocal else 'linf,l2'   # one norm for every t*, or one per t*
   c.linf_eps = 8.0                              # ℓ∞ radius in units of 1/255
   c.l2_eps = 0.5                                # ℓ2 radius (pixel units)
@@ -162,13 +180,17 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.eval_draws = 8 if runlocal else 10          # evaluation draws (mean and worst case)
   c.spread_draws = 4 if runlocal else 8
   c.compression_directions = 2 if runlocal else 8
-  c.check_t_star = 0.1                          # the t* whose evaluation is checked; 0: none
-  c.check_num = 16 if runlocal else 64
+  c.check_t_star = 0.05 if runlocal else 0.1    # the t* whose evaluation is checked; 0: none
+  c.check_num = 8 if runlocal else 64
   c.check_eps_scales = '0.5,1' if runlocal else '0.25,0.5,1,2'
   c.check_square_queries = 20 if runlocal else 1000
   c.rand_ensemble = not runlocal
   c.ensemble_steps = 100
   c.purification_seed = 0
+  # A folder holding the classifier of experiments/classifier.py trained under these very
+  # classifier keys (the classifier study's workdir; the main job sets it when the keys
+  # agree): it is resumed from there instead of trained again. '' = train in workdir/model.
+  c.classifier_workdir = ''
   return c
 
 
@@ -263,6 +285,9 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
   validate.check_number(c.attack_step_size, 'config.attack_step_size', low=0.0)
   validate.check_positive(c.attack_step_size, 'config.attack_step_size')
   validate.check_bool(c.rand_ensemble, 'config.rand_ensemble')
+  if not isinstance(c.classifier_workdir, str):
+    raise ValueError(f'config.classifier_workdir must be a folder path or ""; got '
+                     f'{c.classifier_workdir!r}.')
   for scale in _floats(c, 'check_eps_scales'):
     validate.check_positive(scale, 'config.check_eps_scales')
   validate.check_number(c.check_t_star, 'config.check_t_star', low=0.0)
@@ -424,6 +449,22 @@ def train_denoiser(c: ml_collections.ConfigDict, train_data: Any, workdir: str
 
 # ---------------------------------------------------------------- measurements
 
+class Seconds(NamedTuple):
+  """How long a stage took: wall time, and CPU time of this process (every thread; on a
+  shared machine the CPU time is the stage's cost, the wall time also counts others' load)."""
+  wall: float
+  cpu: float
+
+
+def _clock() -> Seconds:
+  return Seconds(time.time(), time.process_time())
+
+
+def _since(start: Seconds) -> Seconds:
+  now = _clock()
+  return Seconds(now.wall - start.wall, now.cpu - start.cpu)
+
+
 class Accuracy(NamedTuple):
   """Accuracy over evaluation draws: mean over (image, draw) pairs, worst case per image."""
   mean: float
@@ -446,7 +487,7 @@ class PointResult(NamedTuple):
     spread: name (`analysis.Spread` fields) -> mean over images (ℓ2 to the clean image).
     compression: 'random' / 'attack' -> mean compression rate.
     report: the checks of the fresh-randomness evaluation, or None where not run.
-    seconds: wall time of this t*.
+    seconds: wall and CPU time of this t*.
   """
   threat: Threat
   clean: Accuracy
@@ -455,7 +496,7 @@ class PointResult(NamedTuple):
   spread: dict[str, float]
   compression: dict[str, float]
   report: checks.Report | None
-  seconds: float
+  seconds: Seconds
 
 
 class Results(NamedTuple):
@@ -469,7 +510,7 @@ class Results(NamedTuple):
     points: one `PointResult` per t* of the grid, in order.
     correlations: norm -> 'random' / 'attack' -> `analysis.Correlation` of the compression
       rate with fixed-randomness robust accuracy across that norm's t* (norms with ≥ 3 t*).
-    timings: stage -> seconds.
+    timings: stage -> `Seconds`.
   """
   clean: float
   chance: float
@@ -477,7 +518,7 @@ class Results(NamedTuple):
   undefended_reports: dict[str, checks.Report]
   points: list[PointResult]
   correlations: dict[str, dict[str, analysis.Correlation | None]]
-  timings: dict[str, float]
+  timings: dict[str, Seconds]
 
 
 class Study(NamedTuple):
@@ -561,7 +602,7 @@ def first_draw(key: jax.Array, draws: int) -> jax.Array:
 
 def measure_point(s: Study, threat: Threat, index: int) -> PointResult:
   """Every number of one t* (see the module docstring)."""
-  start = time.time()
+  start = _clock()
   c = s.c
   base = jax.random.fold_in(jax.random.key(c.purification_seed), index)
   keys = {name: jax.random.fold_in(base, i) for i, name in enumerate(
@@ -577,9 +618,9 @@ def measure_point(s: Study, threat: Threat, index: int) -> PointResult:
   report_ = None
   if c.check_t_star and abs(threat.t_star - c.check_t_star) < 1e-9:
     report_ = check_purifier(s, model, threat, keys['checks'])
-  seconds = time.time() - start
-  logging.info('purification robustness: t*=%g (%s) in %.0f s', threat.t_star, threat.norm,
-               seconds)
+  seconds = _since(start)
+  logging.info('purification robustness: t*=%g (%s) in %.0f s (%.0f CPU-s)', threat.t_star,
+               threat.norm, *seconds)
   return PointResult(threat, clean, robust, distances, spread, compression, report_, seconds)
 
 
@@ -617,12 +658,12 @@ def undefended(s: Study, key: jax.Array) -> tuple[dict[str, float], dict[str, ch
   return accuracy, reports
 
 
-def measure(s: Study, num_classes: int, timings: dict[str, float]) -> Results:
+def measure(s: Study, num_classes: int, timings: dict[str, Seconds]) -> Results:
   """Every number of the study (`timings` holds the training stages' seconds already)."""
-  start = time.time()
+  start = _clock()
   clean = _accuracy(s.classifier, s.params.classifier, s.x, s.y).mean
   plain, plain_reports = undefended(s, jax.random.key(s.c.purification_seed))
-  timings['classifier alone: PGD and checks'] = time.time() - start
+  timings['classifier alone: PGD and checks'] = _since(start)
   points = [measure_point(s, threat, i) for i, threat in enumerate(grid(s.c))]
   for p in points:
     timings[f'purifier t*={p.threat.t_star:g} ({p.threat.norm})'] = p.seconds
@@ -633,21 +674,21 @@ def measure(s: Study, num_classes: int, timings: dict[str, float]) -> Results:
 def run(c: ml_collections.ConfigDict, workdir: str) -> markdown.Section:
   """Trains the classifier and the denoiser (resuming), measures; returns the section."""
   validate_config(c)
-  train_data, test_data, model, optimizer = classifier.build(c)
+  built = classifier.build(c)
+  train_data, test_data, model, _ = built
   check_against_data(c, len(test_data))
   timings = {}
-  start = time.time()
-  state = train.fit(model=model, optimizer=optimizer, train_data=train_data,
-                    eval_data=test_data, num_steps=c.num_steps, batch_size=c.batch_size,
-                    seed=c.seed, workdir=os.path.join(workdir, 'model'),
-                    checkpoint_every=c.checkpoint_every, log_every=c.log_every,
-                    eval_every=c.eval_every, step_options=classifier.step_options(c))
-  timings['classifier training'] = time.time() - start
-  start = time.time()
+  start = _clock()
+  state = classifier.fit(c, built, c.classifier_workdir or os.path.join(workdir, 'model'))
+  timings['classifier training'] = _since(start)
+  start = _clock()
   denoiser, dparams = train_denoiser(c, train_data, workdir)
-  timings['denoiser training'] = time.time() - start
+  timings['denoiser training'] = _since(start)
   batch = test_data.get(np.arange(c.num_eval))
+  # Committed to the device like every program's outputs (the attacks' x_adv), so the
+  # programs called on both (evaluation, purification) compile once, not once per placement.
+  device = jax.devices()[0]
   study = Study(c, denoiser, model.apply, PurifierParams(dparams, state.variables),
-                jnp.asarray(batch['image']), jnp.asarray(batch['label']))
+                jax.device_put(batch['image'], device), jax.device_put(batch['label'], device))
   results = measure(study, test_data.num_classes, timings)
   return report.section(c, results, workdir)

@@ -216,9 +216,14 @@ def compression_figure(results: Any, workdir: str) -> markdown.Figure:
 
 
 def timing_table(results: Any) -> markdown.Table:
-  return markdown.Table('Wall time of each stage in this run (a resumed stage counts only what '
-                        'it redid):', ['stage', 'seconds'],
-                        [[k, round(v, 1)] for k, v in results.timings.items()])
+  """Wall and CPU seconds per stage, with the total."""
+  rows = [[k, round(v.wall, 1), round(v.cpu, 1)] for k, v in results.timings.items()]
+  rows.append(['total', round(sum(v.wall for v in results.timings.values()), 1),
+               round(sum(v.cpu for v in results.timings.values()), 1)])
+  return markdown.Table('Time of each stage in this run (a resumed stage counts only what it '
+                        'redid); CPU seconds are this process\'s, every thread, so on a shared '
+                        'machine they, not the wall time, are the stage\'s cost:',
+                        ['stage', 'wall s', 'CPU s'], rows)
 
 
 def _headline_point(results: Any) -> Any:

@@ -18,7 +18,8 @@ from tests.diffusion import toys
 
 
 # The smallest run (dotted `--config.` keys), for the main job's end-to-end test: measured
-# run() 107 s wall on 2 cores at load 0.6-2.5 (123 CPU-s) for a fresh run; the goal is 40 s.
+# run() 90 CPU-s for a fresh run (403 s wall at load ~12; was 107 s wall at load 0.6-2.5,
+# 123 CPU-s, before fresh/fixed shared a program); the goal is 50 s wall on 2 quiet cores.
 TINY = ['num_steps=4', 'warmup_steps=1', 'batch_size=16', 'num_train=200', 'eval_every=4',
         'checkpoint_every=2', 'log_every=2', 'denoiser.num_steps=4', 'denoiser.warmup_steps=1',
         'denoiser.batch_size=8', 'denoiser.checkpoint_every=2', 'denoiser.log_every=2',
@@ -75,6 +76,7 @@ def test_runlocal_validates_and_full_scale_needs_the_ddpm_path():
     ('check_num', 64, 'config.check_num'),
     ('check_eps_scales', '1,-1', 'config.check_eps_scales'),
     ('linf_eps', 300.0, 'config.linf_eps'),
+    ('classifier_workdir', None, 'config.classifier_workdir must be a folder path'),
 ])
 def test_validate_config_names_the_bad_key(key, value, match):
   c = study.get_config('runlocal')
@@ -89,7 +91,7 @@ def test_validate_config_names_the_bad_key(key, value, match):
     ('warmup_steps', 1000, 'config.denoiser.warmup_steps'),
     ('learning_rate', 0.0, 'config.denoiser.learning_rate'),
     ('max_t', 0.1234, 'config.denoiser.max_t'),
-    ('max_t', 0.1, r'config.denoiser.max_t=0.1 must be at least every t\*'),
+    ('max_t', 0.05, r'config.denoiser.max_t=0.05 must be at least every t\*'),
 ])
 def test_validate_config_names_the_bad_denoiser_key(key, value, match):
   c = study.get_config('runlocal')
@@ -147,11 +149,17 @@ def test_tiny_run_returns_section_with_tables_figures_and_headline(tmp_path):
     assert all(np.isfinite(v) for v in row[1:])
   assert [row[0] for row in timings.rows] == [
       'classifier training', 'denoiser training', 'classifier alone: PGD and checks',
-      'purifier t*=0.1 (linf)']
+      'purifier t*=0.1 (linf)', 'total']
   assert len(section.figures) == 2
   for figure in section.figures:
     assert os.path.exists(tmp_path / figure.path)
   assert 'no norm has 3 or more t* values' in section.render()
+  # Another run reading that classifier (config.classifier_workdir) trains none of its own
+  # and measures the same numbers (the denoiser trains again, deterministically).
+  c.classifier_workdir = str(tmp_path / 'model')
+  again = study.run(c, str(tmp_path / 'again'))
+  assert 'model' not in os.listdir(tmp_path / 'again')
+  assert again.tables[0].rows == accuracy.rows
 
 
 def _point(t_star, fresh, fixed, compression, checked=False):
@@ -164,7 +172,8 @@ def _point(t_star, fresh, fixed, compression, checked=False):
       {'purified_clean': 3.0, 'adversarial_clean': 1.5, 'purified_pair': 0.5,
        'purified_adversarial_clean': 3.1},
       {'mean': 3.0, 'std': 0.1, 'cv': 0.03, 'between_draws': 2.0},
-      {'random': compression, 'attack': compression + 0.1}, report_ if checked else None, 1.0)
+      {'random': compression, 'attack': compression + 0.1}, report_ if checked else None,
+      study.Seconds(1.0, 1.5))
 
 
 def fake_results():
@@ -172,7 +181,8 @@ def fake_results():
             _point(0.2, 0.6, 0.6, 0.5)]
   plain = checks.Report((checks.Check('gradients', 'pass', (0.0,), 'x'),), 0.9, 0.1)
   return study.Results(0.9, 0.1, {'linf': 0.1}, {'linf': plain}, points,
-                       study.correlations(points), {'classifier training': 1.0})
+                       study.correlations(points),
+                       {'classifier training': study.Seconds(1.0, 1.8)})
 
 
 def test_report_states_conclusions_computed_from_the_numbers(tmp_path):
@@ -200,6 +210,7 @@ def test_report_states_conclusions_computed_from_the_numbers(tmp_path):
   rand = [row for row in accuracy.rows if row[1] == "ensemble 'rand'"]
   assert [row[2] for row in rand] == ['-'] * 3
   assert section.headline['checks (t*=0.1 ℓ∞ 8/255)'] == 'warn'
+  assert section.tables[-1].rows == [['classifier training', 1.0, 1.8], ['total', 1.0, 1.8]]
   assert len(section.figures) == 2
 
 

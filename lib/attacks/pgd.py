@@ -28,10 +28,11 @@ per step (EOT; `objective.loss_and_grad`):
                       so that `evaluate.robust_accuracy(..., key=key, draws=eot)` evaluates
                       the very draws the attack saw (Liu & Wei 2025's fixed randomness).
 
-Both are the same `make_pgd` step, called with the step's key or with `key` every time.
-Everything runs as one jitted program, cached per (apply, static options): repeated calls
-compile once, and ε, the step size, keys, params and inputs may be traced, so the attack
-vmaps over ε, keys and models.
+Both are the same `make_pgd` step, called with the step's key or with `key` every time;
+which of the two keys a step takes is a traced choice, so fresh and fixed randomness run on
+one compiled program. Everything runs as one jitted program, cached per (apply, static
+options): repeated calls compile once, and ε, the step size, keys, params and inputs may be
+traced, so the attack vmaps over ε, keys and models.
 """
 
 from __future__ import annotations
@@ -134,11 +135,16 @@ def _final_score(apply, params, x_adv, y, *, loss, target, key, eot):
   return evaluate.succeeded(z, y, target), value
 
 
+def _either(fixed: Array, key: Array, other: Array) -> Array:
+  """`key` where the traced bool `fixed` holds, else `other` (typed keys, one program)."""
+  data = jnp.where(fixed, jax.random.key_data(key), jax.random.key_data(other))
+  return jax.random.wrap_key_data(data, impl=jax.random.key_impl(key))
+
+
 @functools.partial(jax.jit, static_argnames=('apply', 'norm', 'steps', 'use_random_start',
-                                             'restarts', 'loss', 'stochastic', 'eot',
-                                             'randomness'))
-def _pgd(apply, params, x, y, eps, step_size, target, key, *, norm, steps, use_random_start,
-         restarts, loss, stochastic, eot, randomness):
+                                             'restarts', 'loss', 'stochastic', 'eot'))
+def _pgd(apply, params, x, y, eps, step_size, target, key, fixed, *, norm, steps,
+         use_random_start, restarts, loss, stochastic, eot):
   loss_fn = objective.make_loss(loss)
   eps = jnp.asarray(eps, x.dtype)
   alpha = STEP_SIZE_FACTOR * eps / steps if step_size is None else step_size
@@ -150,12 +156,10 @@ def _pgd(apply, params, x, y, eps, step_size, target, key, *, norm, steps, use_r
   def restart(best, r):
     start_key, run_key = jax.random.split(jax.random.fold_in(base, r))
     state = attack.init(start_key if use_random_start else None)
-    if randomness == 'fixed':
-      step = lambda s, _: attack.step(s, base)
-      eval_key = base
-    else:
-      step = attack.step
-      eval_key = iterate.step_key(run_key, steps)  # a draw none of the steps used
+    # Fixed randomness: `key` at every step and in the score; fresh: the step's own key, and
+    # a draw none of the steps used for the score.
+    step = lambda s, k: attack.step(s, _either(fixed, base, k))
+    eval_key = _either(fixed, base, iterate.step_key(run_key, steps))
     final, _ = iterate.run(step, state, steps, key=run_key)
     success, value = _final_score(apply, params, final.x_adv, y, loss=loss_fn, target=target,
                                   key=eval_key if stochastic else None, eot=eot)
@@ -206,9 +210,10 @@ def pgd(apply: contract.Apply, params: Any, x: Array, y: Array, *, eps: float | 
   stochastic = _check(apply, params, x, y, eps=eps, norm=norm, steps=steps,
                       step_size=step_size, random_start=random_start, restarts=restarts,
                       loss=loss, target=target, key=key, eot=eot, randomness=randomness)
-  return _pgd(apply, params, x, y, eps, step_size, target, key, norm=norm, steps=steps,
+  return _pgd(apply, params, x, y, eps, step_size, target, key,
+              jnp.asarray(randomness == 'fixed'), norm=norm, steps=steps,
               use_random_start=random_start, restarts=restarts, loss=loss,
-              stochastic=stochastic, eot=eot, randomness=randomness)
+              stochastic=stochastic, eot=eot)
 
 
 def fgsm(apply: contract.Apply, params: Any, x: Array, y: Array, *, eps: float | Array,

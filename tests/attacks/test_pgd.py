@@ -171,6 +171,21 @@ def test_fixed_randomness_is_the_attack_on_one_draw():
                                 evaluate.robust_accuracy(one_draw, LIN, fixed, LIN_Y).correct)
 
 
+def test_fresh_and_fixed_randomness_share_one_compiled_program():
+  """Which key a step takes is traced: the second setting re-uses the first's program."""
+  traces = []
+
+  def counted(params, x, key=None):
+    traces.append(1)
+    return _noisy_linear(params, x, key=key)
+
+  kwargs = dict(eps=0.2, steps=3, step_size=0.1, key=jax.random.key(7))
+  fresh = pgd(counted, LIN, LIN_X, LIN_Y, **kwargs)
+  after_first = len(traces)
+  fixed = pgd(counted, LIN, LIN_X, LIN_Y, randomness='fixed', **kwargs)
+  assert len(traces) == after_first and not np.array_equal(fresh, fixed)
+
+
 def test_eot_averages_model_draws_and_fixed_eot_matches_evaluation_draws():
   key = jax.random.key(2)
   kwargs = dict(eps=0.3, steps=5, step_size=0.1, key=key, eot=4)
