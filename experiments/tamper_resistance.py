@@ -4,15 +4,26 @@ Can an encoder be meta-trained so that it stays good at its desired task (profes
 fine-tuning it for a harmful one (gender) is no easier than fine-tuning a random
 initialisation?
 
-Status (2026-12-01): runs end to end and resumes (tests; slow ones end to end), but is not
-yet a section of the main job: runlocal is compile-bound far over its 4-minute budget (on a
-machine at load 11-14, the attacks on the random and pretrained encoders took 15 minutes,
-mostly compiling 16 attack programs; a second-order MLAC step takes 1-6 minutes to compile).
-`lib.meta.attacker` compiles one program per training-set size n and per search/re-run:
-make n a runtime value (pad and mask) and share one program, then re-time. The partial
-runlocal table (5 of 7 models, 3 re-runs) did not show MLAC blocking: its profession accuracy
-collapsed (0.056 against desired-only 0.202) while gender accuracy stayed near random
-initialisation's.
+Status (2026-12-01): runs end to end and resumes (tests; slow ones end to end); ready to
+join the main job (the lead integrates it). The attacker compiles one program per (mode,
+batch size) for every n, search and re-run (`lib.meta.attacker`: n traced, runs padded);
+AC and every MLAC model share one second-order meta step (`program_options`: K_max and
+A_max static, the model's K and adversary weights in the batch, `lib.meta.mlac`); desired-
+only is its own first-order program. Compiled programs in runlocal: 16 attack + 5 meta
+before, 2 attack + 2 meta now. Results of runlocal (3 re-runs, see the report): the
+pretrained encoder is not more attackable than a random initialisation at any n (gender
+accuracy 0.548/0.575/0.633/0.717 against random's 0.508/0.608/0.607/0.773 at n =
+20/50/100/200, intervals ±0.05-0.19), so on this data and attacker blocking cannot be
+shown; the report says so instead of a verdict. MLAC's profession accuracy (0.066-0.112
+on the test split) stays far below desired-only's (0.224) after 60 outer steps, AC's in
+between (0.138); the simulated adversaries' harmful CE stayed at 0.671-0.691 (ln 2 =
+0.693) throughout meta-training. It is not a feature collapse (measured on the test texts
+from the run's checkpoints): the features' mean per-dimension spread is 0.062-0.085 for
+the MLAC models against the pretrained encoder's 0.081, while desired-only doubles it to
+0.148 and its profession logits spread twice as wide (sd 0.123 against 0.038-0.061). The
+harmful term slows the desired task rather than destroying it; both are far from trained
+at 60 steps (desired-only's outer-batch CE 3.18 against ln 28 = 3.33). Whether the gap
+closes with more outer steps (the paper: 50,000) was not measured; no setting was tuned.
 
 Protocol:
 
@@ -64,16 +75,15 @@ Variants:
              model, the paper's attacker ranges (7 learning rates, 100…1000 steps, batches
              12/24/48, probe and full), 6 re-runs.
 
-Timing (runlocal; the report's body lists each launch's stage times). Measured on the 2
-shared cores at load average 11-14 (2026-12-01), wall: vocabulary + 300 MLM steps 1.7 min;
-attacking 'random' and 'pretrained' 15 min, almost all of it compiling the 16 attack
-programs (4 n × probe/full × search/re-run shapes; `lib.meta.attacker` makes n_train
-static); 'desired' and 'ac' 0.5 min of meta-training and 1 min of attack each (programs
-reused); 'mlac_k4' 5 min of meta-training (mostly compiling the second-order step) and
-0.7 min of attack. 390 CPU-seconds covered those five models, so on 2 quiet cores the whole
-runlocal takes roughly 6-9 minutes, over the 4-minute target: the compile time of the
-second-order MLAC step (each K and adversary count is its own program; launch/bench_meta.py
-times it) and of the attack programs per n dominate, not the compute.
+Timing (runlocal; the report's body lists each launch's stage times). 2026-12-01, on the 2
+shared cores at load average 11-14 (others' jobs running): 9 min 43 s wall, 386 CPU-seconds
+(user + sys): 3.2 min on 2 quiet cores if both stay busy, up to 6.4 if one does (XLA
+compiles on one thread); not yet timed on a quiet machine. Stages: vocabulary + 300 MLM steps 35 s;
+attacks 17-47 s per model (the first compiles both attack programs: 47 s; before, the
+random and pretrained encoders' attacks took 15 min for 16 programs at load 11-14);
+desired-only 10 s; the shared meta step: 145 s for AC (compile + 60 steps), then 65-69 s
+of compute per MLAC model (60 steps at K_max = 4, A_max = 2: the no-op steps and the
+zero-weight adversary are compute the shared program pays in exchange for compiling once).
 
 Launch:
   python -m launch.run --config=experiments/tamper_resistance.py:runlocal --workdir=/tmp/tr
@@ -83,6 +93,7 @@ Launch:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -235,6 +246,20 @@ def mlac_options(c: ml_collections.ConfigDict, name: str) -> MLACOptions | None:
   k = int(parts[1][1:])
   adversaries = int(parts[2][1:]) if len(parts) > 2 else 1
   return MLACOptions(num_steps=k, num_adversaries=adversaries, **common)
+
+
+def program_options(c: ml_collections.ConfigDict, name: str) -> MLACOptions | None:
+  """The options model `name`'s meta step is compiled with: every adversarial model (AC,
+  each K, the multi-adversary one) shares one program of K_max = the largest K and A_max =
+  the largest adversary count, its own K and A given in the batch (`lib.meta.mlac`, "One
+  program for many meta models"); 'desired' (no adversary) is its own first-order program."""
+  options = mlac_options(c, name)
+  if options is None or not options.adversarial:
+    return options
+  adversarial = [o for o in map(functools.partial(mlac_options, c), model_names(c))
+                 if o is not None and o.adversarial]
+  return dataclasses.replace(options, num_steps=max(o.num_steps for o in adversarial),
+                             num_adversaries=max(o.num_adversaries for o in adversarial))
 
 
 def validate_config(c: ml_collections.ConfigDict) -> None:
@@ -514,17 +539,24 @@ def load_encoder(c: ml_collections.ConfigDict) -> Encoder:
 
 
 def meta_batch(pool: Split, options: MLACOptions, step: int, *, batch_size: int,
-               seed: int) -> dict[str, Any]:
-  """The outer batch of `step` and, for K > 0 with a harmful term, the inner blocks
-  [A, K, M] (drawn with replacement), all from the rng stream [seed, 7, step]."""
+               seed: int, program: MLACOptions | None = None) -> dict[str, Any]:
+  """The outer batch of `step` and, for a harmful term, the inner blocks [A_max, K_max, M]
+  of the `program` options (default `options`; drawn with replacement) with the model's
+  own K ('num_steps') and A ('adversary_weights': 1 for its first A adversaries), all from
+  the rng stream [seed, 7, step]."""
+  program = program or options
   rng = np.random.default_rng([seed, 7, step])
   n = len(pool.profession)
   outer = rng.choice(n, batch_size, replace=False)
   take = lambda idx: {k: jnp.asarray(v[idx]) for k, v in pool.inputs.items()}
   batch = {'inputs': take(outer), 'desired': jnp.asarray(pool.profession[outer]),
            'harmful': jnp.asarray(pool.gender[outer])}
-  if options.adversarial and options.num_steps:
-    inner = rng.integers(0, n, (options.num_adversaries, options.num_steps, options.max_batch))
+  if program.adversarial:
+    batch['num_steps'] = jnp.asarray(options.num_steps, jnp.int32)
+    batch['adversary_weights'] = jnp.asarray(
+        np.arange(program.num_adversaries) < options.num_adversaries, jnp.float32)
+  if program.adversarial and program.num_steps:
+    inner = rng.integers(0, n, (program.num_adversaries, program.num_steps, program.max_batch))
     batch['inner_inputs'] = take(inner)
     batch['inner_harmful'] = jnp.asarray(pool.gender[inner])
   return batch
@@ -533,7 +565,17 @@ def meta_batch(pool: Split, options: MLACOptions, step: int, *, batch_size: int,
 def _meta_record(c: ml_collections.ConfigDict, name: str, source: str) -> dict[str, Any]:
   return {**_pretrain_record(c), 'encoder': source, 'bert_path': c.bert_path,
           'vocab_path': c.vocab_path, 'model': name, 'meta': c.meta.to_dict(),
-          'options': str(mlac_options(c, name))}
+          'options': str(mlac_options(c, name)), 'program': str(program_options(c, name))}
+
+
+@functools.lru_cache(maxsize=8)
+def meta_program(apply, feature_dim: int, options: MLACOptions, seed: int):
+  """(`make_mlac(...)`, its jitted outer step), one per (encoder, options, seed): the models
+  that share `program_options` share the compiled step."""
+  mlac = make_mlac(apply, feature_dim=feature_dim, num_desired=len(PROFESSIONS),
+                   num_harmful=len(GENDERS), options=options)
+  key = jax.random.fold_in(jax.random.key(seed), 1)
+  return mlac, jax.jit(lambda s, b: mlac.step(s, b, key))
 
 
 def meta_train(c: ml_collections.ConfigDict, workdir: str, name: str, encoder: Encoder,
@@ -544,22 +586,20 @@ def meta_train(c: ml_collections.ConfigDict, workdir: str, name: str, encoder: E
     The final `MLACState` (encoder in `params['encoder']`, profession head in
     `params['head']`).
   """
-  options = mlac_options(c, name)
+  options, program = mlac_options(c, name), program_options(c, name)
   folder = os.path.join(workdir, 'meta', name)
   run_config.prepare_workdir(folder, _meta_record(c, name, encoder.source))
   dim = jax.eval_shape(lambda: encoder.model.apply(
       encoder.variables, {k: v[:1] for k, v in pool.inputs.items()}).features).shape[-1]
-  mlac = make_mlac(encoder.model.apply, feature_dim=dim, num_desired=len(PROFESSIONS),
-                   num_harmful=len(GENDERS), options=options)
+  mlac, step = meta_program(encoder.model.apply, dim, program, c.seed)
   key = jax.random.key(c.seed)
-  step = jax.jit(lambda s, b: mlac.step(s, b, jax.random.fold_in(key, 1)))
   device = jax.local_devices()[0]
   return train.run_loop(
       init=lambda: jax.device_put(mlac.init(encoder.variables, key=jax.random.fold_in(key, 2)),
                                   device),
       step_fn=step,
       batch_fn=lambda i: meta_batch(pool, options, i, batch_size=c.meta.batch_size,
-                                    seed=c.seed),
+                                    seed=c.seed, program=program),
       num_steps=c.meta.num_steps, workdir=folder, checkpoint_every=c.checkpoint_every,
       log_every=c.log_every, progress=progress)
 
@@ -641,7 +681,8 @@ def attack_model(c: ml_collections.ConfigDict, apply, variables: Any, pool: Spli
         key=jax.random.fold_in(jax.random.key(c.attack_seed), i),
         learning_rates=grid['learning_rates'], batch_sizes=grid['batch_sizes'],
         steps=grid['steps'], modes=grid['modes'], eval_every=c.attack_eval_every,
-        num_search_seeds=c.attack_search_seeds, num_reruns=c.attack_reruns)
+        num_search_seeds=c.attack_search_seeds, num_reruns=c.attack_reruns,
+        max_n=max(grid['ns']))
     mean, half = t_interval(result.rerun_accuracy)
     harmful[n] = (mean, half, [float(a) for a in result.rerun_accuracy])
     best[n] = result.best
@@ -702,6 +743,9 @@ def run(c: ml_collections.ConfigDict, workdir: str, *, progress: bool = True
       state = meta_train(c, workdir, name, encoder, pool, progress=progress)
       variables, head = state.params['encoder'], state.params['head']
       metrics = _last_metrics(os.path.join(workdir, 'meta', name))
+      for key in ('harmful_acc_steps', 'harmful_ce_steps'):   # the shared program's K_max
+        if key in metrics:                                    # steps: keep the model's K
+          metrics[key] = metrics[key][:mlac_options(c, name).num_steps + 1]
     if head is not None:
       times[f'meta-training {name}'] = time.perf_counter() - start
     variables = canonical(variables)

@@ -4,11 +4,15 @@
 Every sentence that states a conclusion is chosen by the numbers of the run. "Blocks at n"
 means: the model's mean harmful accuracy after the attack is at or below the upper end of
 the random initialisation's 95% interval at that n (fine-tuning it is no easier than
-fine-tuning a random initialisation, the paper's criterion).
+fine-tuning a random initialisation, the paper's criterion). Blocking is judged only at the
+n where the pretrained encoder itself does not pass that test (`judged_ns`): where the
+untouched encoder is already within the random initialisation's interval, the comparison
+cannot tell a blocking model from one that changed nothing.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -42,6 +46,16 @@ def blocked_ns(results: Any, name: str) -> tuple[list[int], list[int]]:
   return yes, no
 
 
+def judged_ns(results: Any) -> list[int]:
+  """The n where blocking can be judged: the pretrained encoder does not block there (all n
+  when no pretrained encoder was run)."""
+  ns = list(results.models['random'].harmful)
+  if 'pretrained' not in results.models:
+    return ns
+  _, no = blocked_ns(results, 'pretrained')
+  return [n for n in ns if n in no]
+
+
 def results_table(results: Any) -> markdown.Table:
   """model × n: harmful accuracy ± 95% half-width; desired accuracy; chosen attack at max n."""
   ns = list(next(iter(results.models.values())).harmful)
@@ -72,19 +86,33 @@ def results_figure(results: Any, workdir: str) -> markdown.Figure:
 
 
 def blocking_sentences(results: Any) -> list[str]:
-  """Per trained model: does it block at every n, and is its desired accuracy kept?"""
+  """Per trained model: does it block at the judged n, and is its desired accuracy kept?"""
   if 'random' not in results.models:
     return ['No random initialisation was run, so blocking is not judged.']
   out = []
+  judged = judged_ns(results)
+  if 'pretrained' in results.models:
+    pre, rnd = results.models['pretrained'].harmful, results.models['random'].harmful
+    unjudged = [n for n in pre if n not in judged]
+    if unjudged:
+      out.append('The pretrained encoder itself is within the random initialisation\'s '
+                 f'interval at n = {unjudged} (gender accuracy '
+                 + ', '.join(f'{pre[n][0]:.3f} vs {rnd[n][0]:.3f} ± {rnd[n][1]:.3f}'
+                             for n in unjudged)
+                 + '), so at those n the attack finds no more gender in the pretrained '
+                 'encoder than in a random one and blocking cannot be shown there.')
   reference = results.models.get('desired')
   for name, r in results.models.items():
-    if name in ('random',):
+    if name in ('random', 'pretrained'):
       continue
     yes, no = blocked_ns(results, name)
-    if not no:
-      verdict = 'blocks at every n (within the random-init interval or below)'
+    yes, no = [n for n in yes if n in judged], [n for n in no if n in judged]
+    if not judged:
+      verdict = 'cannot be judged at any n'
+    elif not no:
+      verdict = f'blocks at every judged n ({yes})'
     elif not yes:
-      verdict = 'does not block at any n (above the random-init interval everywhere)'
+      verdict = f'does not block at any judged n ({no})'
     else:
       verdict = f'blocks at n = {yes} but not at n = {no}'
     text = f'{label(name)} {verdict}'
@@ -106,6 +134,11 @@ def diagnosis(results: Any) -> list[str]:
       drop = [models['pretrained'].harmful[n][0] - models[name].harmful[n][0] for n in ns]
       out.append(f'Against the pretrained encoder, {label(name)} changes the attacked '
                  f'gender accuracy by {", ".join(f"{-d:+.3f}" for d in drop)} at n = {ns}.')
+      ce = models[name].meta_metrics.get('harmful_ce')
+      if ce is not None:
+        out.append(f'At the last logged meta-training step the harmful (gender) CE of '
+                   f'{label(name)}\'s simulated adversaries was {ce:.3f} (chance: ln 2 = '
+                   f'{math.log(2):.3f}).')
       steps = models[name].meta_metrics.get('harmful_acc_steps')
       if steps is not None:
         out.append(f'During meta-training (last logged step), the simulated adversary of '
@@ -119,7 +152,7 @@ def diagnosis(results: Any) -> list[str]:
     r = models[name]
     if reference is None or r.desired is None or 'random' not in models:
       continue
-    yes, _ = blocked_ns(results, name)
+    yes = [n for n in blocked_ns(results, name)[0] if n in judged_ns(results)]
     if yes and r.desired < 0.5 * reference.desired:
       out.append(f'{label(name)} blocks at n = {yes} only by giving up the desired task: '
                  f'profession accuracy {r.desired:.3f}, under half of desired-only\'s '
@@ -144,8 +177,10 @@ def section(c: ml_collections.ConfigDict, results: Any, workdir: str) -> markdow
       headline[f'{label(name)}: gender acc. at n = {ns[0]} / {ns[-1]}'] = ' / '.join(
           _cell(*models[name].harmful[n][:2]) for n in (ns[0], ns[-1]))
   if main in models and 'random' in models:
-    yes, no = blocked_ns(results, main)
-    headline[f'{label(main)} blocks at'] = f'{len(yes)} of {len(ns)} n'
+    judged = judged_ns(results)
+    yes = [n for n in blocked_ns(results, main)[0] if n in judged]
+    headline[f'{label(main)} blocks at'] = (f'{len(yes)} of {len(judged)} judged n (of '
+                                             f'{len(ns)})')
   if main in models and models[main].desired is not None:
     headline[f'{label(main)} profession accuracy'] = f'{models[main].desired:.3f}'
   stages = ', '.join(f'{k} {v:.0f} s' for k, v in results.stage_seconds.items())

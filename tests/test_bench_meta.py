@@ -18,8 +18,8 @@ from tests.test_bench import quick_bench
 def test_quick_meta_benchmark_compares_equal_computations(tmp_path):
   result = quick_bench('meta', tmp_path)
   (grid,) = result['grid']['rows']
-  _, runs, vmapped_s, sequential_s, ratio, acc_diff = grid
-  assert runs == 4 and acc_diff == 0.0
+  _, runs, vmapped_s, sequential_s, ratio, acc_diff, same_program_diff = grid
+  assert runs == 4 and acc_diff == 0.0 and same_program_diff == 0.0
   assert all(math.isfinite(v) and v > 0 for v in (vmapped_s, sequential_s, ratio))
   rows = result['rows']
   assert [(r[0], r[1]) for r in rows] == [(2, 'no'), (2, 'yes')]

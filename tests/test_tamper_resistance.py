@@ -67,6 +67,25 @@ def test_model_names_and_options():
   assert (options.num_steps, options.num_adversaries, options.batch_sizes) == (4, 2, (8, 16))
 
 
+def test_blocking_is_judged_only_where_the_pretrained_encoder_is_above_random():
+  """At n = 20 the pretrained encoder is inside random's interval: no verdict there."""
+  cells = lambda *v: {n: (m, h, []) for n, (m, h) in zip((20, 200), v)}
+  best = {n: {'mode': 'full', 'learning_rate': 1e-3, 'steps': 100, 'batch_size': 4}
+          for n in (20, 200)}
+  models = {'random': tr.ModelResult(cells((0.5, 0.05), (0.6, 0.05)), best, None, {}),
+            'pretrained': tr.ModelResult(cells((0.52, 0.05), (0.8, 0.05)), best, None, {}),
+            'desired': tr.ModelResult(cells((0.52, 0.05), (0.8, 0.05)), best, 0.3, {}),
+            'mlac_k1': tr.ModelResult(cells((0.5, 0.05), (0.62, 0.05)), best, 0.1,
+                                      {'harmful_ce': 0.69})}
+  results = tr.Results(models, 0.52, 0.6, 0.05, 'here', 3, {})
+  assert tr.report.judged_ns(results) == [200]
+  text = ' '.join(tr.report.blocking_sentences(results))
+  assert 'within the random initialisation\'s interval at n = [20]' in text
+  assert 'desired only does not block at any judged n ([200])' in text
+  assert 'MLAC (K = 1) blocks at every judged n ([200])' in text
+  assert 'was 0.690' in ' '.join(tr.report.diagnosis(results))
+
+
 @pytest.fixture(scope='module')
 def tokenizer(tmp_path_factory):
   path = wordpiece.train_vocab(TEXTS, tmp_path_factory.mktemp('vocab'), vocab_size=100,
@@ -108,7 +127,7 @@ def test_vocabulary_that_does_not_match_the_checkpoint_is_refused(tmp_path):
     tr.load_encoder(c)
 
 
-@pytest.mark.slow  # five meta-trained models, each its own second-order program: ~1-2 min
+@pytest.mark.slow  # five meta-trained models (two programs), attacks, a resume
 def test_tiny_run_reports_finite_numbers_and_resumes_as_a_no_op(tmp_path):
   from lib.meta import attacker
   c = tiny_config()
@@ -124,16 +143,20 @@ def test_tiny_run_reports_finite_numbers_and_resumes_as_a_no_op(tmp_path):
     assert row[3] == '-' or 0 <= float(row[3]) <= 1
   assert os.path.isfile(os.path.join(workdir, section.figures[0].path))
   assert len(section.headline) >= 3
-  assert 'blocks' in section.render()
-  # One attack program per (n, mode, batch size), shared by the seven models: at most two
-  # traces each (the search's shapes and the re-runs'), whatever the number of models.
+  text = section.render()   # a blocking sentence per trained model (or why none is judged)
+  assert 'block' in text and all(f'{tr.report.label(n)} ' in text for n in names[2:])
+  # One attack program per (mode, batch size), shared by every n, search, re-run and model;
+  # one second-order meta step shared by AC and every MLAC model.
   vocab = wordpiece.from_vocab(os.path.join(workdir, 'pretrain', 'vocab.txt')).vocab_size
   apply = tr.encoder_model(tr.pretrain_config(c, vocab_size=vocab), c.max_len).apply
-  for n in (8, 16):
-    for mode in ('probe', 'full'):
-      program = attacker._program(apply, num_classes=2, n_train=n, batch_size=4,
-                                  max_steps=10, eval_every=5, mode=mode)
-      assert 1 <= program._cache_size() <= 2, (n, mode)
+  for mode in ('probe', 'full'):
+    program = attacker._program(apply, num_classes=2, max_n=16, batch_size=4,
+                                max_steps=10, eval_every=5, mode=mode)
+    assert program._cache_size() == 1, mode
+  programs = {tr.program_options(c, n) for n in names[2:]}
+  assert len(programs) == 2     # desired-only, and the adversarial one
+  for options in programs:
+    assert tr.meta_program(apply, c.pretrain.hidden_size, options, c.seed)[1]._cache_size() == 1
   assert tr.head_accuracy._cache_size() == 1
   metrics = {n: open(os.path.join(workdir, 'meta', n, 'metrics.jsonl')).read()
              for n in names[2:]}

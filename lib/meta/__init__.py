@@ -12,9 +12,11 @@ Modules:
   mlac        the MLAC objective (desired CE − mean calibrated harmful CE over steps and
               adversaries), meta-learned adversary head and learning rate, the outer step as an
               (init, step) pair for `lib.train.run_loop`; K = 0 is AC, no harmful term is
-              "desired only"
+              "desired only"; K <= K_max and adversary weights as batch values, so AC and
+              every MLAC model share one compiled step
   attacker    the evaluation's attacker: linear probe / full fine-tune, grid over learning rate,
               steps and batch size with oracle early stopping, re-runs; the grid × seeds vmapped
+              as one program per (mode, batch size) for every n (traced) and the re-runs
 """
 
 from lib.meta import adam, attacker, calibrate, inner, mlac

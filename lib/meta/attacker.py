@@ -10,17 +10,27 @@ probe) or everything; held-out accuracy is checked every 50 steps and the best i
 a setting, which is then re-run with fresh seeds (15 in the paper) and reported.
 
 The authors search with hyperopt TPE (50 trials); here the search is a grid, run as one
-vmapped program per (mode, batch size): the learning rate is a traced per-run value and
-the seeds a vmapped key, so the whole grid × seeds runs at once. Steps need no runs of
+vmapped program per (mode, batch size): a flat axis of R runs, each with its own traced
+learning rate, key and n, so the whole grid × seeds runs at once. Steps need no runs of
 their own: every run trains for the largest step count and records the held-out accuracy
 every `eval_every` steps, and the best-so-far after s steps is the answer of the run that
 trains for s steps (oracle early stopping makes the two identical). Batch size and
-mode change shapes and the traced program, so each pair is its own compiled program.
+mode change shapes and the traced program, so each pair is its own compiled program;
+n is a runtime value (the subset is padded to the static `max_n` and batches are drawn
+from its first n rows) and `attack_search` pads the re-runs and the search to the same
+number of runs, so every n, the search and the re-runs share that one program.
 
-Per seed: a subset of n training examples (a permutation of the training set drawn from
-the seed's key), a head ~ PyTorch's `nn.Linear` initialisation (bias-free, as the authors'),
-and batches drawn with replacement from the subset. The authors evaluate after steps
-51, 101, ... (`step % 50 == 0 and step != 0`); here after 50, 100, ... steps.
+Per seed: a subset of n training examples (the first n of a permutation of the training
+set drawn from the seed's key), a head ~ PyTorch's `nn.Linear` initialisation (bias-free,
+as the authors'), and batches drawn with replacement from the subset. A run depends on
+its (learning rate, key, n) alone, not on the other runs of the program or on `max_n`
+(tests/meta/test_attacker.py). Run alone in a program compiled for one run, it is the
+same computation but not always the same float32 rounding: on launch/bench_meta.py's
+BERT-Tiny-shaped grid (4 lr × 4 seeds, n = 50, 2026-12-01) one of 16 grid cells (lr 3e-3, 50 steps) differed from
+its one-run program by 0.078 held-out accuracy (5 of 64 random-label texts near the
+decision boundary), while the same run alone in the grid's program equalled the grid bit
+for bit. The authors evaluate after steps 51, 101, ... (`step % 50 == 0 and step != 0`);
+here after 50, 100, ... steps.
 
 Example:
     >>> result = attack_search(encoder.apply, encoder_vars, train_x, train_y, val_x, val_y,
@@ -76,12 +86,13 @@ def _accuracy(logits: Array, labels: Array) -> Array:
 
 
 def _curve(apply: contract.Apply, encoder_params: Any, data: tuple[Any, Array, Any, Array],
-           learning_rate: Array, key: Array, *, num_classes: int, n_train: int,
+           learning_rate: Array, key: Array, n_train: Array, *, num_classes: int, max_n: int,
            batch_size: int, max_steps: int, eval_every: int, mode: str) -> Array:
-  """Held-out accuracy [max_steps // eval_every] of one fine-tuning run (module docstring)."""
+  """Held-out accuracy [max_steps // eval_every] of one fine-tuning run (module docstring):
+  `n_train` <= `max_n` traced, the subset padded to `max_n` rows."""
   train_x, train_y, val_x, val_y = data
   subset_key, head_key, batch_key = jax.random.split(key, 3)
-  idx = jax.random.permutation(subset_key, train_y.shape[0])[:n_train]
+  idx = jax.random.permutation(subset_key, train_y.shape[0])[:max_n]
   x, y = _take(train_x, idx), train_y[idx]
   dim = jax.eval_shape(lambda: features(apply, encoder_params, x)).shape[-1]
   head = linear_init(head_key, dim, num_classes)
@@ -116,16 +127,16 @@ def _curve(apply: contract.Apply, encoder_params: Any, data: tuple[Any, Array, A
 
 @functools.lru_cache(maxsize=32)
 def _program(apply: contract.Apply, **static: Any):
-  """jit(vmap over learning rates (vmap over seed keys)) of `_curve`: [L, S, E]."""
+  """jit(vmap over R runs (learning rate, key, n)) of `_curve`: [R, E]."""
   curve = functools.partial(_curve, apply, **static)
-  over_keys = jax.vmap(curve, in_axes=(None, None, None, 0))
-  return jax.jit(jax.vmap(over_keys, in_axes=(None, None, 0, None)))
+  return jax.jit(jax.vmap(curve, in_axes=(None, None, 0, 0, 0)))
 
 
 def _check_data(train_x: Any, train_y: Any, val_x: Any, val_y: Any, num_classes: int,
-                n_train: int) -> None:
+                n_train: int, max_n: int) -> None:
   validate.check_int(num_classes, 'num_classes', minimum=2)
   validate.check_int(n_train, 'n_train', minimum=1)
+  validate.check_int(max_n, 'max_n', minimum=n_train)
   for name, x, y in (('train', train_x, train_y), ('val', val_x, val_y)):
     validate.check_labels(y, num_classes, f'{name}_y')
     if y.shape[0] == 0:
@@ -134,15 +145,16 @@ def _check_data(train_x: Any, train_y: Any, val_x: Any, val_y: Any, num_classes:
       if leaf.shape[:1] != y.shape[:1]:
         raise ValueError(f'{name}_x leaves must have {y.shape[0]} rows (one per label in '
                          f'{name}_y); got shape {leaf.shape}.')
-  if n_train > train_y.shape[0]:
-    raise ValueError(f'n_train={n_train} exceeds the {train_y.shape[0]} examples of train_y.')
+  if max_n > train_y.shape[0]:
+    name = 'n_train' if max_n == n_train else 'max_n'
+    raise ValueError(f'{name}={max_n} exceeds the {train_y.shape[0]} examples of train_y.')
 
 
 def finetune_curves(apply: contract.Apply, encoder_params: Any, train_x: Any, train_y: Any,
                     val_x: Any, val_y: Any, *, num_classes: int, n_train: int,
                     learning_rates: Sequence[float], keys: Array, batch_size: int,
-                    mode: str = 'full', max_steps: int = 1000,
-                    eval_every: int = 50) -> np.ndarray:
+                    mode: str = 'full', max_steps: int = 1000, eval_every: int = 50,
+                    max_n: int | None = None, num_runs: int | None = None) -> np.ndarray:
   """Held-out accuracy curves of fine-tuning runs, every learning rate × key as one program.
 
   Args:
@@ -158,6 +170,10 @@ def finetune_curves(apply: contract.Apply, encoder_params: Any, train_x: Any, tr
     mode: 'probe' (head only, frozen encoder) or 'full' (everything).
     max_steps: steps of every run, a multiple of `eval_every`.
     eval_every: steps between held-out evaluations.
+    max_n: the static subset size the program is compiled for (default `n_train`): calls
+      with any n_train <= max_n share one program.
+    num_runs: pad the L·S runs to this many (copies of the last run, dropped): calls with
+      other L·S share the program compiled for `num_runs` runs (default L·S).
 
   Returns:
     [L, S, max_steps // eval_every] held-out accuracy after eval_every, 2·eval_every, ...
@@ -166,7 +182,8 @@ def finetune_curves(apply: contract.Apply, encoder_params: Any, train_x: Any, tr
   Raises:
     ValueError: a bad argument (named in the message).
   """
-  _check_data(train_x, train_y, val_x, val_y, num_classes, n_train)
+  max_n = n_train if max_n is None else max_n
+  _check_data(train_x, train_y, val_x, val_y, num_classes, n_train, max_n)
   validate.check_choice(mode, MODES, 'mode')
   validate.check_int(batch_size, 'batch_size', minimum=1)
   validate.check_int(eval_every, 'eval_every', minimum=1)
@@ -177,10 +194,18 @@ def finetune_curves(apply: contract.Apply, encoder_params: Any, train_x: Any, tr
   if not jax.dtypes.issubdtype(getattr(keys, 'dtype', None), jax.dtypes.prng_key) or keys.ndim != 1:
     raise ValueError('keys must be a [S] array of typed keys (jax.random.split(key, S)); '
                      f'got {getattr(keys, "dtype", type(keys).__name__)}.')
-  program = _program(apply, num_classes=num_classes, n_train=n_train, batch_size=batch_size,
+  num_l, num_s = len(rates), keys.shape[0]
+  num_runs = num_l * num_s if num_runs is None else num_runs
+  validate.check_int(num_runs, 'num_runs', minimum=num_l * num_s)
+  pad = jnp.full((num_runs - num_l * num_s,), num_l * num_s - 1, jnp.int32)
+  rows = jnp.concatenate([jnp.arange(num_l * num_s, dtype=jnp.int32), pad])
+  flat_rates, flat_keys = rates[rows // num_s], keys[rows % num_s]   # run r: (r // S, r % S)
+  ns = jnp.full((num_runs,), n_train, jnp.int32)
+  program = _program(apply, num_classes=num_classes, max_n=max_n, batch_size=batch_size,
                      max_steps=max_steps, eval_every=eval_every, mode=mode)
   data = (train_x, jnp.asarray(train_y), val_x, jnp.asarray(val_y))
-  return np.asarray(program(encoder_params, data, rates, keys))
+  curves = np.asarray(program(encoder_params, data, flat_rates, flat_keys, ns))
+  return curves[:num_l * num_s].reshape(num_l, num_s, -1)
 
 
 def _check_rates(learning_rates: Sequence[float]) -> Array:
@@ -209,7 +234,8 @@ def attack_search(apply: contract.Apply, encoder_params: Any, train_x: Any, trai
                   learning_rates: Sequence[float] = LEARNING_RATES,
                   batch_sizes: Sequence[int] = (12, 24, 48), steps: Sequence[int] = STEPS,
                   modes: Sequence[str] = MODES, eval_every: int = 50,
-                  num_search_seeds: int = 1, num_reruns: int = 15) -> AttackResult:
+                  num_search_seeds: int = 1, num_reruns: int = 15,
+                  max_n: int | None = None) -> AttackResult:
   """Grid search of the fine-tuning attack, then re-runs of the best setting (module docstring).
 
   Args:
@@ -223,6 +249,8 @@ def attack_search(apply: contract.Apply, encoder_params: Any, train_x: Any, trai
     eval_every: steps between held-out evaluations (50 in the paper).
     num_search_seeds: runs per setting during the search.
     num_reruns: runs of the chosen setting (15 in the paper).
+    max_n: as in `finetune_curves`: searches at every n_train <= max_n (and their re-runs)
+      share one program per (mode, batch size).
 
   Returns:
     `AttackResult`.
@@ -232,7 +260,8 @@ def attack_search(apply: contract.Apply, encoder_params: Any, train_x: Any, trai
       size, a step count that is not a multiple of eval_every, or another bad argument.
   """
   validate.check_key(key)
-  _check_data(train_x, train_y, val_x, val_y, num_classes, n_train)
+  max_n = n_train if max_n is None else max_n
+  _check_data(train_x, train_y, val_x, val_y, num_classes, n_train, max_n)
   _check_rates(learning_rates)
   validate.check_ints(list(batch_sizes), 'batch_sizes', minimum=1)
   validate.check_ints(list(steps), 'steps', minimum=1)
@@ -248,7 +277,8 @@ def attack_search(apply: contract.Apply, encoder_params: Any, train_x: Any, trai
   search_key, rerun_key = jax.random.split(key)
   run = functools.partial(finetune_curves, apply, encoder_params, train_x, train_y, val_x,
                           val_y, num_classes=num_classes, n_train=n_train,
-                          max_steps=max(steps), eval_every=eval_every)
+                          max_steps=max(steps), eval_every=eval_every, max_n=max_n,
+                          num_runs=max(len(learning_rates) * num_search_seeds, num_reruns))
   search_keys = jax.random.split(search_key, num_search_seeds)
   accuracy = np.stack([np.stack([
       best_so_far(run(learning_rates=learning_rates, keys=search_keys, batch_size=b,

@@ -95,8 +95,8 @@ class AttackState(NamedTuple):
 
 def make_finetune_attack(apply: contract.Apply, inputs: Any, labels: Array, outer_inputs: Any,
                          *, learning_rate: Array | float, batch_size: Array | int,
-                         clip_norm: float = 100.0, first_order: bool = False
-                         ) -> iterate.Iterative:
+                         clip_norm: float = 100.0, first_order: bool = False,
+                         num_steps: Array | int | None = None) -> iterate.Iterative:
   """K differentiable Adam steps of a fine-tuning adversary on the harmful task.
 
   Args:
@@ -108,6 +108,9 @@ def make_finetune_attack(apply: contract.Apply, inputs: Any, labels: Array, oute
     batch_size: examples used per step (scalar in [1, M], may be traced): the first ones.
     clip_norm: the inner gradient's global-norm clip (the norm is not differentiated).
     first_order: stop gradients through the inner gradients (first-order meta-gradient).
+    num_steps: the steps that act (may be traced): step k >= num_steps leaves the
+      parameters and Adam state unchanged (gradient norm 0), so one program of K_max
+      steps runs any K <= K_max; None: every step acts.
 
   Returns:
     `Iterative(init, step)`: `init(encoder_params, head) -> AttackState`;
@@ -129,6 +132,11 @@ def make_finetune_attack(apply: contract.Apply, inputs: Any, labels: Array, oute
       grads = jax.lax.stop_gradient(grads)
     grads, norm = clip_by_norm(grads, clip_norm, offset=NORM_OFFSET)
     params, adam = adam_step(state.params, grads, state.adam, learning_rate)
+    if num_steps is not None:   # a no-op step keeps the old values (and their gradients)
+      active = state.k < num_steps
+      keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(active, a, b), new, old)
+      params, adam = keep(params, state.params), keep(adam, state.adam)
+      norm = jnp.where(active, norm, jnp.zeros_like(norm))
     return AttackState(params, adam, state.k + 1), (head_logits(apply, params, outer_inputs), norm)
 
   return iterate.Iterative(init, step)
@@ -137,13 +145,13 @@ def make_finetune_attack(apply: contract.Apply, inputs: Any, labels: Array, oute
 def attack_trajectory(apply: contract.Apply, encoder_params: Any, head: Array, inputs: Any,
                       labels: Array, outer_inputs: Any, *, learning_rate: Array | float,
                       batch_size: Array | int, key: Array, clip_norm: float = 100.0,
-                      first_order: bool = False, checkpoint: bool = True
-                      ) -> tuple[Array, Array, Any]:
+                      first_order: bool = False, checkpoint: bool = True,
+                      num_steps: Array | int | None = None) -> tuple[Array, Array, Any]:
   """Runs `make_finetune_attack` for K = `labels.shape[0]` steps under `lax.scan`.
 
   Args:
-    apply, inputs, labels, outer_inputs, learning_rate, batch_size, clip_norm, first_order:
-      as in `make_finetune_attack`.
+    apply, inputs, labels, outer_inputs, learning_rate, batch_size, clip_norm, first_order,
+      num_steps: as in `make_finetune_attack` (K_max = `labels.shape[0]` steps are run).
     encoder_params: the encoder's parameters (the defender's, differentiated through).
     head: [D, C] the adversary's head initialisation.
     key: typed PRNG key (for `lib.iterate.run`; the steps draw nothing).
@@ -155,7 +163,8 @@ def attack_trajectory(apply: contract.Apply, encoder_params: Any, head: Array, i
   """
   attack = make_finetune_attack(apply, inputs, labels, outer_inputs,
                                 learning_rate=learning_rate, batch_size=batch_size,
-                                clip_norm=clip_norm, first_order=first_order)
+                                clip_norm=clip_norm, first_order=first_order,
+                                num_steps=num_steps)
   step = jax.checkpoint(attack.step, prevent_cse=False) if checkpoint else attack.step
   final, (logits, norms) = iterate.run(step, attack.init(encoder_params, head),
                                        labels.shape[0], key=key)

@@ -44,6 +44,15 @@ Batch (`check_batch`): 'inputs' (pytree of [B, ...] leaves), 'desired' [B], 'har
 int labels of the outer batch, and for K > 0 with a harmful term 'inner_inputs' (leaves
 [A, K, M, ...]) and 'inner_harmful' [A, K, M], with M = max(batch_sizes): adversary a's
 block for step k, of which it uses its drawn batch size.
+
+**One program for many meta models.** `num_steps` and `num_adversaries` are the static
+K_max and A_max of the compiled step; the batch may carry the model's own K and A as
+values: 'num_steps' (int32 scalar K <= K_max: inner steps k >= K are no-ops and (2)
+averages over k = 0..K only; K = 0 is AC) and 'adversary_weights' ([A_max] float, >= 0:
+the weighted mean over adversaries replaces the plain mean; [1, 0, ...] is one adversary).
+So AC, every K of a sweep and the multi-adversary model run through one compiled
+second-order step (the no-op steps and zero-weight adversaries cost compute, not
+correctness). Without them the batch means K = K_max and equal weights.
 """
 
 from __future__ import annotations
@@ -169,6 +178,19 @@ def check_batch(batch: Mapping[str, Any], options: MLACOptions, *, num_desired: 
   for leaf in jax.tree.leaves(batch['inputs']):
     if leaf.shape[:1] != (size,):
       raise ValueError(f"batch['inputs'] leaves must be [B={size}, ...]; got {leaf.shape}.")
+  if 'num_steps' in batch:
+    k = batch['num_steps']
+    if getattr(k, 'shape', ()) != () or (validate.is_concrete(k) and not (
+        np.issubdtype(np.asarray(k).dtype, np.integer) and 0 <= int(k) <= options.num_steps)):
+      raise ValueError(f"batch['num_steps'] must be an int scalar in [0, num_steps="
+                       f'{options.num_steps}]; got {k!r}.')
+  if 'adversary_weights' in batch:
+    w = batch['adversary_weights']
+    if getattr(w, 'shape', None) != (options.num_adversaries,) or (validate.is_concrete(w) and (
+        np.any(np.asarray(w) < 0) or not np.sum(np.asarray(w)) > 0)):
+      raise ValueError(f"batch['adversary_weights'] must be [num_adversaries="
+                       f'{options.num_adversaries}] non-negative weights with a positive '
+                       f'sum; got {w!r}.')
   if not (options.adversarial and options.num_steps):
     return
   shape = (options.num_adversaries, options.num_steps, options.max_batch)
@@ -206,7 +228,9 @@ def harmful_logits(apply: contract.Apply, options: MLACOptions, params: Any, adv
 
   Returns:
     `(logits [A, K+1, B, C_h], gradient norms [A, K] (inner steps), or [A, K+1] with the
-    adapted model's last one when `grad_norm_weight` > 0)`.
+    adapted model's last one when `grad_norm_weight` > 0)`; with a runtime
+    `batch['num_steps']` the entries after its steps repeat the last acting step's logits
+    and have norm 0.
   """
   sizes = jnp.asarray(options.batch_sizes, jnp.int32)
   k = options.num_steps
@@ -225,7 +249,8 @@ def harmful_logits(apply: contract.Apply, options: MLACOptions, params: Any, adv
       logits, norms, adapted = attack_trajectory(
           apply, params['encoder'], head, inner_inputs, inner_labels, batch['inputs'],
           learning_rate=lr, batch_size=batch_size, key=key_a, clip_norm=options.inner_clip,
-          first_order=options.first_order, checkpoint=options.checkpoint)
+          first_order=options.first_order, checkpoint=options.checkpoint,
+          num_steps=batch.get('num_steps'))
       logits = jnp.concatenate([logits0, logits])
     if options.grad_norm_weight:  # the authors' last_grad_norm: the adapted model's gradient
       grads = jax.grad(lambda q: _ce(head_logits(apply, q, batch['inputs']),
@@ -271,15 +296,27 @@ def mlac_losses(apply: contract.Apply, options: MLACOptions, params: Any, advers
       harmful = jax.vmap(jax.vmap(cal))(logits)
     else:
       harmful = plain
-    loss = loss - options.harmful_weight * jnp.mean(harmful)
+    # Weights over adversaries [A] and steps [K+1] (module docstring: runtime K and A).
+    weights = batch.get('adversary_weights', jnp.ones((logits.shape[0],), harmful.dtype))
+    weights = jnp.asarray(weights, harmful.dtype) / jnp.sum(weights)
+    k_max = logits.shape[1] - 1
+    k = batch.get('num_steps', k_max)
+    acting = (jnp.arange(k_max + 1) <= k).astype(harmful.dtype)                  # [K+1]
+    mean = lambda v, m: (jnp.sum(weights[:, None] * m * v)                      # over a, k
+                         / jnp.maximum(jnp.sum(m), 1))   # no acting norm (K = 0): 0
+    loss = loss - options.harmful_weight * mean(harmful, acting)
+    # Norms: of the acting inner steps, then the adapted model's (grad_norm_weight > 0).
+    norm_mask = jnp.concatenate([(jnp.arange(k_max) < k).astype(harmful.dtype),
+                                 jnp.ones((norms.shape[1] - k_max,), harmful.dtype)])
     if options.grad_norm_weight:
-      loss = loss + options.grad_norm_weight * jnp.mean(norms)
-    adversary_loss = jnp.mean(plain)
+      loss = loss + options.grad_norm_weight * mean(norms, norm_mask)
+    adversary_loss = mean(plain, acting)
     accuracy = jax.vmap(jax.vmap(lambda z: _accuracy(z, labels)))(logits)
-    metrics.update(harmful_ce=jnp.mean(harmful), harmful_ce_steps=jnp.mean(harmful, 0),
-                   harmful_acc_steps=jnp.mean(accuracy, 0), adversary_loss=adversary_loss)
+    over_a = lambda v: jnp.sum(weights[:, None].astype(v.dtype) * v, 0)
+    metrics.update(harmful_ce=mean(harmful, acting), harmful_ce_steps=over_a(harmful),
+                   harmful_acc_steps=over_a(accuracy), adversary_loss=adversary_loss)
     if norms.shape[-1]:
-      metrics['inner_grad_norm'] = jnp.mean(norms)
+      metrics['inner_grad_norm'] = mean(norms, norm_mask)
   metrics['loss'] = loss
   return (loss, adversary_loss), metrics
 

@@ -1,5 +1,6 @@
 """The fine-tuning attacker: an easy task is learnt, random labels are not, the vmapped grid
-equals runs one by one, and bad input is refused by name."""
+equals runs one by one (whatever the padding of n and of the run count), every n with its
+search and re-runs compiles one program, and bad input is refused by name."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from lib.meta import attacker
 from lib.meta.attacker import attack_search, finetune_curves
 from tests.meta.toys import mlp_apply, mlp_init
 
@@ -64,6 +66,35 @@ def test_vmapped_grid_equals_sequential_runs():
       np.testing.assert_array_equal(one[0, 0], grid[i, j])
 
 
+def test_padding_n_and_runs_changes_no_run():
+  """A run depends on (learning rate, key, n) alone: padded to max_n rows and to more runs,
+  it gives the same curve as compiled for its own n and run count (the program of the test
+  above, so one new compile)."""
+  train_x, train_y = _task(100, seed=1, separable=True)
+  val_x, val_y = _task(50, seed=2, separable=True)
+  keys = jax.random.split(jax.random.key(0), 2)
+  common = dict(num_classes=2, n_train=20, batch_size=8, mode='full', max_steps=100,
+                eval_every=50, learning_rates=(1e-3, 3e-2))
+  own = finetune_curves(mlp_apply, ENCODER, train_x, train_y, val_x, val_y, keys=keys, **common)
+  padded = finetune_curves(mlp_apply, ENCODER, train_x, train_y, val_x, val_y, keys=keys,
+                           max_n=60, num_runs=5, **common)
+  np.testing.assert_array_equal(own, padded)
+
+
+def test_every_n_search_and_reruns_share_one_program_per_mode():
+  train_x, train_y = _task(100, seed=1, separable=True)
+  val_x, val_y = _task(50, seed=2, separable=True)
+  grid = dict(learning_rates=(1e-2, 1e-1), batch_sizes=(8,), steps=(10, 20), eval_every=10,
+              num_reruns=3, modes=('probe',))
+  for i, n in enumerate((10, 30, 60)):
+    result = attack_search(mlp_apply, ENCODER, train_x, train_y, val_x, val_y, num_classes=2,
+                           n_train=n, key=jax.random.key(i), max_n=60, **grid)
+    assert result.rerun_accuracy.shape == (3,)
+  program = attacker._program(mlp_apply, num_classes=2, max_n=60, batch_size=8, max_steps=20,
+                              eval_every=10, mode='probe')
+  assert program._cache_size() == 1
+
+
 def test_bad_inputs_name_the_argument():
   x, y = _task(30, seed=0, separable=True)
   args = (mlp_apply, ENCODER, x, y, x, y)
@@ -76,6 +107,10 @@ def test_bad_inputs_name_the_argument():
     attack_search(mlp_apply, ENCODER, x, y + 2, x, y, **kw)
   with pytest.raises(ValueError, match='n_train'):
     attack_search(*args, **dict(kw, n_train=31))
+  with pytest.raises(ValueError, match='max_n'):
+    attack_search(*args, **kw, max_n=10)
+  with pytest.raises(ValueError, match='max_n'):
+    attack_search(*args, **kw, max_n=31)
   with pytest.raises(ValueError, match='steps'):
     attack_search(*args, **kw, steps=(75,))
   with pytest.raises(ValueError, match='modes'):

@@ -1,5 +1,7 @@
 """MLAC: meta-gradients against finite differences, first/second order, checkpointing, memory,
-the baselines as options, resumable outer training, and bad inputs."""
+the baselines as options, one program for every K <= K_max and adversary count (runtime K
+and adversary weights equal the model compiled for its own K and A), resumable outer
+training, and bad inputs."""
 
 from __future__ import annotations
 
@@ -166,6 +168,31 @@ def test_outer_training_resumes_exactly(tmp_path):
   assert float(whole.adversary['lr']) != options.init_lr   # the inner learning rate is learned
 
 
+@pytest.mark.slow  # four second-order programs on the toy: ~70 s on 2 shared cores
+def test_runtime_k_and_adversary_weights_equal_the_own_shape_model():
+  """K_max = 2, A_max = 2 with batch K and weights [1, 0] against the model compiled for K
+  (one adversary, one batch size, learned head: adversary 0 sees the same data); AC is K = 0.
+  One jitted step serves every (K, weights): one trace."""
+  params, adversary = _params(jnp.float32)
+  shared = MLACOptions(num_steps=2, num_adversaries=2, batch_sizes=(4,), calibration_iters=50)
+  batch = _batch(shared)
+  key = jax.random.key(3)
+  step = jax.jit(lambda p, a, b: mlac_grads(mlp_apply, shared, p, a, b, key=key))
+  flat = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
+  for k in (0, 1, 2):
+    own = dataclasses.replace(shared, num_steps=k, num_adversaries=1)
+    own_batch = dict(batch, inner_inputs=batch['inner_inputs'][:1, :k],
+                     inner_harmful=batch['inner_harmful'][:1, :k])
+    if k == 0:
+      own_batch = {n: v for n, v in own_batch.items() if not n.startswith('inner')}
+    expected = mlac_grads(mlp_apply, own, params, adversary, own_batch, key=key)
+    got = step(params, adversary, dict(batch, num_steps=np.int32(k),
+                                       adversary_weights=np.array([1.0, 0.0], np.float32)))
+    np.testing.assert_allclose(float(got[2]['loss']), float(expected[2]['loss']), rtol=1e-6)
+    np.testing.assert_allclose(flat(got[:2]), flat(expected[:2]), rtol=1e-5, atol=1e-7)
+  assert step._cache_size() == 1
+
+
 def test_bad_inputs_name_the_argument():
   with pytest.raises(ValueError, match='num_steps'):
     MLACOptions(num_steps=-1)
@@ -183,6 +210,11 @@ def test_bad_inputs_name_the_argument():
   short['inner_inputs'] = short['inner_inputs'][:, :1]
   with pytest.raises(ValueError, match='inner_inputs'):
     mlac.step(state, short, jax.random.key(0))
+  with pytest.raises(ValueError, match='num_steps'):
+    mlac.step(state, dict(_batch(FD_OPTIONS), num_steps=np.int32(3)), jax.random.key(0))
+  with pytest.raises(ValueError, match='adversary_weights'):
+    mlac.step(state, dict(_batch(FD_OPTIONS), adversary_weights=np.zeros(2, np.float32)),
+              jax.random.key(0))
 
 
 @pytest.mark.slow
