@@ -3,9 +3,10 @@
 Each study runs in `workdir/<study>` and contributes one section to `workdir/report.md`,
 which opens with a table of every study's headline figures. Re-running resumes every study
 from its checkpoints. Every study's config is validated before the first one starts.
-`foundation_transfer` attacks the targets `foundation_targets` trained (`study_configs`).
-`experiments/purification_robustness.py` and `experiments/tamper_resistance.py` run on their
-own until their runlocal fits the budget (their module docstrings' Status).
+`foundation_transfer` attacks the targets `foundation_targets` trained, and `robustness`
+reads the classifier study's model (`study_configs`).
+`experiments/purification_robustness.py` runs on its own until its runlocal fits the budget
+(its module docstring's Status).
 
 The config argument picks each study's variant (the variants a study accepts are listed in
 its module docstring). It is a comma-separated list of items:
@@ -38,7 +39,7 @@ import ml_collections
 from lib.report import markdown
 
 STUDIES = ('classifier', 'robustness', 'attribution_integrity', 'foundation_targets',
-           'foundation_transfer')
+           'foundation_transfer', 'tamper_resistance')
 # Keys a relaunch may change without starting over: those any study declares resumable.
 RESUMABLE_KEYS = tuple(sorted({k for name in STUDIES for k in getattr(
     importlib.import_module(f'experiments.{name}'), 'RESUMABLE_KEYS', ())}))

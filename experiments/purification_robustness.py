@@ -36,6 +36,13 @@ batch shape, PGD at 2× steps and at 2 restarts, Square) are the largest cut lef
 steps × EOT 4 through 5 reverse steps on 32 images) costs ~118 CPU-s, so halving EOT or the
 steps is the other lever, a protocol choice to document; the denoiser needs more than 600
 steps of batch 16 to lift t* = 0.05 (0.42 here; 0.51 on 128 images with the same recipe).
+Quiet-machine check (lead, 2026-12-01, load < 2, 16 images and the checks on all 16, the
+trained denoiser resumed): wall ≈ CPU for the compile-bound stages (XLA compiles on one
+thread): classifier alone 20 s, t* = 0.02 130 s wall / 129 CPU-s (≈100 s of it compiling
+the purified programs, ~25 s each), t* = 0.05 with the checks 210 s / 337 CPU-s, t* = 0.1
+32 s / 58 CPU-s: 6.6 min plus the denoiser's training, so even at 16 images the study is
+~8 min, twice its budget. The next pass must cut compile time per purified program (HLO
+size of the remat'd scan through the UNet, XLA:CPU options) and the checks' program count.
 
 Protocol:
 

@@ -274,6 +274,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> markdown.Section:
   _, test_data, model, _ = built
   check_against_data(c, len(test_data), test_data.num_classes)
   state = classifier.fit(c, built, c.classifier_workdir or os.path.join(workdir, 'model'))
+  os.makedirs(workdir, exist_ok=True)   # the figures' folder, also when the model lives elsewhere
   batch = test_data.get(np.arange(c.num_eval))
   x, y = jnp.asarray(batch['image']), jnp.asarray(batch['label'])
   results = measure(c, model.apply, state.variables, x, y)

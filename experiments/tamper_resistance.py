@@ -4,9 +4,9 @@ Can an encoder be meta-trained so that it stays good at its desired task (profes
 fine-tuning it for a harmful one (gender) is no easier than fine-tuning a random
 initialisation?
 
-Status (2026-12-01): runs end to end and resumes (tests; slow ones end to end); ready to
-join the main job (the lead integrates it). The attacker compiles one program per (mode,
-batch size) for every n, search and re-run (`lib.meta.attacker`: n traced, runs padded);
+Status (2026-12-01): a section of the main job (experiments/main.py); runs end to end and
+resumes. The attacker compiles one program per (mode, batch size) for every n, search and
+re-run (`lib.meta.attacker`: n traced, runs padded);
 AC and every MLAC model share one second-order meta step (`program_options`: K_max and
 A_max static, the model's K and adversary weights in the batch, `lib.meta.mlac`); desired-
 only is its own first-order program. Compiled programs in runlocal: 16 attack + 5 meta
@@ -75,15 +75,15 @@ Variants:
              model, the paper's attacker ranges (7 learning rates, 100…1000 steps, batches
              12/24/48, probe and full), 6 re-runs.
 
-Timing (runlocal; the report's body lists each launch's stage times). 2026-12-01, on the 2
-shared cores at load average 11-14 (others' jobs running): 9 min 43 s wall, 386 CPU-seconds
-(user + sys): 3.2 min on 2 quiet cores if both stay busy, up to 6.4 if one does (XLA
-compiles on one thread); not yet timed on a quiet machine. Stages: vocabulary + 300 MLM steps 35 s;
-attacks 17-47 s per model (the first compiles both attack programs: 47 s; before, the
-random and pretrained encoders' attacks took 15 min for 16 programs at load 11-14);
-desired-only 10 s; the shared meta step: 145 s for AC (compile + 60 steps), then 65-69 s
-of compute per MLAC model (60 steps at K_max = 4, A_max = 2: the no-op steps and the
-zero-weight adversary are compute the shared program pays in exchange for compiling once).
+Timing (runlocal; the report's body lists each launch's stage times). 2026-12-01, 2 quiet
+cores (load < 2): 5 min 6 s wall, 483 CPU-seconds (user + sys), about a minute over the
+4-minute target. Stages: vocabulary + 300 MLM steps 19 s; attacks 11-23 s per model (the
+first compiles both attack programs; before, the random and pretrained encoders' attacks
+took 15 min for 16 programs at load 11-14); desired-only 5 s; the shared second-order meta
+step 70 s for AC (compile + 60 steps), then 34-37 s per MLAC model (60 steps at K_max = 4,
+A_max = 2: the no-op steps and the zero-weight adversary are compute the shared program pays
+in exchange for compiling once). What would cut it: fewer outer steps (MLAC is already
+under-trained at 60) or a smaller K_max for the K sweep's K = 1 model.
 
 Launch:
   python -m launch.run --config=experiments/tamper_resistance.py:runlocal --workdir=/tmp/tr
@@ -134,10 +134,7 @@ PRETRAIN_INTS = ('vocab_size', 'hidden_size', 'num_hidden_layers', 'num_attentio
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """Config for `arg`: 'runlocal', or '' (Bias in Bios and BERT-Tiny from user paths)."""
-  variants = set(filter(None, arg.split(',')))
-  if variants - {'runlocal'}:
-    raise ValueError(f'unknown config variants {sorted(variants - {"runlocal"})}; expected '
-                     "any of ['runlocal'].")
+  variants = run_config.variants(arg, ('runlocal',))
   c = ml_collections.ConfigDict()
   c.dataset = 'bias_in_bios'
   c.data_path = '~/data/bias_in_bios'   # LabHC parquet files or biosbias JSON lines

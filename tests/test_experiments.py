@@ -11,12 +11,25 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# The classifier's keys, equal in every study that attacks it: they share one training run.
+CLASSIFIER = ['num_steps=6', 'warmup_steps=1', 'batch_size=16', 'num_train=200', 'eval_every=6',
+              'checkpoint_every=3']
+
+
+TAMPER = ['num_train=120', 'num_val=16', 'num_test=16', 'max_len=16', 'pretrain.vocab_size=120',
+          'pretrain.hidden_size=16', 'pretrain.num_hidden_layers=1',
+          'pretrain.num_attention_heads=2', 'pretrain.intermediate_size=32', 'pretrain.num_steps=4',
+          'pretrain.batch_size=8', 'pretrain.warmup_steps=1', 'mlac_k=1', 'k_sweep=1',
+          'num_adversaries=2', 'meta.num_steps=2', 'meta.batch_size=8', 'meta.inner_batch_sizes=2,4',
+          'meta.calibration_iters=10', 'attack_ns=8,16', 'attack_lrs=1e-3,1e-2',
+          'attack_steps=5,10', 'attack_eval_every=5', 'attack_batch_sizes=4', 'attack_reruns=2',
+          'checkpoint_every=1', 'log_every=1']
+
+
 def test_main_job_writes_report_with_every_study(tmp_path):
   tiny = {
-      'classifier': ['num_steps=6', 'warmup_steps=1', 'batch_size=16', 'num_train=200',
-                     'eval_every=6', 'checkpoint_every=3'],
-      'robustness': ['num_steps=4', 'warmup_steps=1', 'batch_size=16', 'num_train=200',
-                     'eval_every=4', 'checkpoint_every=2', 'num_eval=8', 'linf_eps=8',
+      'classifier': CLASSIFIER,
+      'robustness': [*CLASSIFIER, 'num_eval=8', 'linf_eps=8',
                      'l2_eps=0.5', 'pgd_steps=2', 'apgd_steps=2', 'square_queries=4',
                      'n_target_classes=1'],
       'attribution_integrity': ['num_seeds=2', 'num_steps=4', 'warmup_steps=1', 'batch_size=16',
@@ -40,6 +53,7 @@ def test_main_job_writes_report_with_every_study(tmp_path):
                               'fare.num_steps=2', 'fare.batch_size=8', 'fare.pgd_steps=2',
                               'fare.warmup_steps=0', 'deploy.eot=2', 'checks.num_images=8',
                               'checks.square_queries=5'],
+      'tamper_resistance': TAMPER,
   }
   overrides = [f'--config.{study}.{kv}' for study, kvs in tiny.items() for kv in kvs]
   env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS='')
@@ -48,6 +62,8 @@ def test_main_job_writes_report_with_every_study(tmp_path):
        f'--workdir={tmp_path}', *overrides],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-5000:]
+  # The robustness study reads the classifier study's run instead of training its own.
+  assert not os.path.exists(os.path.join(tmp_path, 'robustness', 'model'))
   report = open(os.path.join(tmp_path, 'report.md')).read()
   # It opens with the summary of every study's headline figures (one row at least per study).
   lines = report.split('\n')
@@ -59,9 +75,11 @@ def test_main_job_writes_report_with_every_study(tmp_path):
   for heading in ('| study | wall time |', '## Classifier', '## Explanation integrity',
                   'max \\|Δp\\| float64', 'Pointing game', 'ROC AUC',
                   '## Adversarial robustness', '## Foundation targets',
-                  '## Inherited vulnerability: attacks on the foundation alone'):
+                  '## Inherited vulnerability: attacks on the foundation alone',
+                  '## Tamper resistance (MLAC)'):
     assert heading in report
   for figure in ('classifier/training_curves.png', 'classifier/samples.png',
                  'attribution_integrity/heatmaps.png', 'attribution_integrity/detection_auc.png',
-                 'foundation_targets/targets.png', 'foundation_transfer/transfer_matrix.png'):
+                 'foundation_targets/targets.png', 'foundation_transfer/transfer_matrix.png',
+                 'tamper_resistance/harmful_accuracy.png'):
     assert f']({figure})' in report and os.path.exists(os.path.join(tmp_path, figure))
