@@ -70,8 +70,12 @@ def test_main_job_writes_report_with_every_study(tmp_path):
   assert lines[:4] == ['# Security of foundation models: report', '',
                        '| study | figure | value |', '|---|---|---|']
   summary = lines[4:lines.index('', 4)]
-  for study in ('Classifier', 'Explanation integrity'):
+  for study in ('Classifier', 'Explanation integrity', 'Adversarial robustness',
+                'Foundation targets', 'Inherited vulnerability', 'Tamper resistance'):
     assert any(row.startswith(f'| {study}') for row in summary), summary
+  # The checks see the planted gradient masking, whatever the (barely trained) model.
+  (verdicts,) = [row for row in summary if 'check verdicts (honest / planted)' in row]
+  assert verdicts.endswith('/ fail / fail |'), verdicts
   for heading in ('| study | wall time |', '## Classifier', '## Explanation integrity',
                   'max \\|Δp\\| float64', 'Pointing game', 'ROC AUC',
                   '## Adversarial robustness', '## Foundation targets',

@@ -69,6 +69,9 @@ def test_run_rejects_data_dependent_values_before_training(tmp_path, key, value,
   assert not os.path.exists(tmp_path / 'model')
 
 
+# The main job's end-to-end test (tests/test_experiments.py) runs this study too and checks
+# that the planted models fail the checks; this one looks at every table.
+@pytest.mark.slow
 def test_tiny_run_returns_section_with_tables_figure_and_headline(tmp_path):
   section = robustness.run(tiny_config(), str(tmp_path))
   assert isinstance(section, markdown.Section) and section.title == 'Adversarial robustness'

@@ -25,6 +25,7 @@ folder) reads back. Ids of the special tokens come from the vocabulary (bert-bas
 
 from __future__ import annotations
 
+import collections
 import os
 import warnings
 from collections.abc import Sequence
@@ -186,15 +187,25 @@ def from_vocab(path: str | os.PathLike, *, max_len: int = 128, lowercase: bool =
                             max_len=max_len)
 
 
+# Continuation characters are trained as symbols of their own, coded into the Supplementary
+# Private Use Areas (U+F0000 on), instead of the trainer's '##' prefix: `tokenizers` numbers
+# its '##' symbols in hash-map order and breaks count ties between merges by those numbers,
+# so its WordPieceTrainer gave a different vocabulary in about one run in seven on the bios
+# corpus (huggingface/tokenizers#1794); plain characters are numbered in sorted order.
+_PRIVATE_USE = 0xF0000
+
+
 def train_vocab(texts: Sequence[str], path: str | os.PathLike, *, vocab_size: int = 8000,
                 min_frequency: int = 2, lowercase: bool = True,
                 limit_alphabet: int = 1000) -> str:
   """Trains a WordPiece vocabulary on `texts` with `tokenizers` and writes it as vocab.txt.
 
-  The special tokens get ids 0 to 4 ([PAD], [UNK], [CLS], [SEP], [MASK]) and the other
-  tokens follow in sorted order: the trainer's own ids vary from run to run (its alphabet
-  comes from a hash map) while the set of tokens does not, so the same texts always give
-  the same file.
+  The vocabulary of `tokenizers`' WordPieceTrainer (BPE merges over words split into a first
+  character and '##'-continued ones, Hugging Face's recipe), made deterministic: the same
+  texts always give the same file. The continuation characters are coded as characters of
+  their own for the trainer (its BpeTrainer numbers characters in sorted order, so count ties
+  are broken alike in every run) and decoded to '##' pieces after. The special tokens get ids
+  0 to 4 ([PAD], [UNK], [CLS], [SEP], [MASK]); the other tokens follow in sorted order.
 
   Args:
     texts: the corpus, a non-empty list of strings.
@@ -203,13 +214,15 @@ def train_vocab(texts: Sequence[str], path: str | os.PathLike, *, vocab_size: in
     vocab_size: the most tokens to keep (fewer when the corpus is small).
     min_frequency: the fewest occurrences a merged piece needs.
     lowercase: normalise as an uncased BERT (must match `from_vocab`'s `lowercase`).
-    limit_alphabet: the most distinct characters kept.
+    limit_alphabet: the most distinct characters kept (the most frequent; every one is a
+      token, and the others are left out of training: [UNK] when tokenised).
 
   Returns:
     The path of the written vocab.txt.
 
   Raises:
-    ValueError: bad texts or options, or a path whose folder does not exist.
+    ValueError: bad texts or options, a path whose folder does not exist, or texts holding
+      characters of the Supplementary Private Use Areas (the coding above needs them free).
   """
   texts = _check_texts(texts, 'texts')
   validate.check_int(vocab_size, 'vocab_size', minimum=len(SPECIAL_TOKENS) + 1)
@@ -220,13 +233,34 @@ def train_vocab(texts: Sequence[str], path: str | os.PathLike, *, vocab_size: in
   path = os.path.join(path, 'vocab.txt') if os.path.isdir(path) else path
   if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
     raise ValueError(f'path={path!r} is in a folder that does not exist.')
-  tokenizer = _pipeline(models.WordPiece(unk_token=UNK), lowercase=lowercase,
-                        strip_accents=None)
-  trainer = trainers.WordPieceTrainer(
+  bert = _pipeline(models.WordPiece(unk_token=UNK), lowercase=lowercase, strip_accents=None)
+  words = [word for text in texts for word, _ in
+           bert.pre_tokenizer.pre_tokenize_str(bert.normalizer.normalize_str(text))]
+  used = sorted({ch for word in words for ch in word})
+  if used and ord(used[-1]) >= _PRIVATE_USE:
+    raise ValueError(f'texts hold the character U+{ord(used[-1]):X} of the Supplementary '
+                     'Private Use Areas, which train_vocab needs free; remove it first.')
+  counts = collections.Counter(ch for word in words for ch in word)
+  kept = sorted(counts, key=lambda ch: (-counts[ch], ch))[:limit_alphabet]
+  keep = set(kept)
+  words = [w for w in (''.join(ch for ch in word if ch in keep) for word in words) if w]
+  continuing = sorted({ch for word in words for ch in word[1:]})
+  code = {ch: chr(_PRIVATE_USE + i) for i, ch in enumerate(continuing)}
+  decode = {v: k for k, v in code.items()}
+  bpe = tokenizers.Tokenizer(models.BPE(unk_token=UNK))
+  bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+  trainer = trainers.BpeTrainer(
       vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS),
-      limit_alphabet=limit_alphabet, continuing_subword_prefix='##', show_progress=False)
-  tokenizer.train_from_iterator(texts, trainer)
-  learned = sorted(set(tokenizer.get_vocab()) - set(SPECIAL_TOKENS))
+      initial_alphabet=kept, show_progress=False)
+  bpe.train_from_iterator([word[0] + ''.join(code[ch] for ch in word[1:]) for word in words],
+                          trainer)
+
+  def piece(token: str) -> str:
+    if token[0] in decode:
+      return '##' + ''.join(decode[ch] for ch in token)
+    return token[0] + ''.join(decode[ch] for ch in token[1:])
+
+  learned = sorted({piece(t) for t in bpe.get_vocab() if t not in SPECIAL_TOKENS})
   with open(path, 'w', encoding='utf-8') as f:
     f.writelines(f'{token}\n' for token in (*SPECIAL_TOKENS, *learned))
   return path
