@@ -23,7 +23,10 @@ TAMPER = ['num_train=120', 'num_val=16', 'num_test=16', 'max_len=16', 'pretrain.
           'num_adversaries=2', 'meta.num_steps=2', 'meta.batch_size=8', 'meta.inner_batch_sizes=2,4',
           'meta.calibration_iters=10', 'attack_ns=8,16', 'attack_lrs=1e-3,1e-2',
           'attack_steps=5,10', 'attack_eval_every=5', 'attack_batch_sizes=4', 'attack_reruns=2',
-          'checkpoint_every=1', 'log_every=1']
+          'checkpoint_every=1', 'log_every=1',
+          # First-order meta-gradients: the second-order program's compile (~1 min) is tested
+          # in tests/meta and by the study's own slow test.
+          'meta.first_order=true']
 
 
 def test_main_job_writes_report_with_every_study(tmp_path):

@@ -221,6 +221,7 @@ def test_first_draw_is_the_first_key_a_fixed_randomness_attack_uses():
                                 jax.random.key_data(jax.random.split(key, 4)[0]))
 
 
+@pytest.mark.slow  # ~20 s in the two-worker suite; tests/attacks/test_ensemble covers 'rand'
 def test_rand_ensemble_runs_on_the_purified_classifier_and_a_larger_radius_fools_more():
   """The 'rand' ensemble of config.rand_ensemble (APGD-CE + APGD-DLR with EOT, worst case over
   draws) on a toy purifier: an MLP ε-model and a linear classifier, 4×4×3 images."""
