@@ -10,17 +10,17 @@ re-run (`lib.meta.attacker`: n traced, runs padded);
 AC and every MLAC model share one second-order meta step (`program_options`: K_max and
 A_max static, the model's K and adversary weights in the batch, `lib.meta.mlac`); desired-
 only is its own first-order program. Compiled programs in runlocal: 16 attack + 5 meta
-before, 2 attack + 2 meta now. Results of runlocal (3 re-runs, see the report): the
-pretrained encoder is not more attackable than a random initialisation at any n (gender
-accuracy 0.548/0.575/0.633/0.717 against random's 0.508/0.608/0.607/0.773 at n =
-20/50/100/200, intervals ±0.05-0.19), so on this data and attacker blocking cannot be
-shown; the report says so instead of a verdict. MLAC's profession accuracy (0.066-0.112
-on the test split) stays far below desired-only's (0.224) after 60 outer steps, AC's in
-between (0.138); the simulated adversaries' harmful CE stayed at 0.671-0.691 (ln 2 =
-0.693) throughout meta-training. It is not a feature collapse (measured on the test texts
-from the run's checkpoints): the features' mean per-dimension spread is 0.062-0.085 for
-the MLAC models against the pretrained encoder's 0.081, while desired-only doubles it to
-0.148 and its profession logits spread twice as wide (sd 0.123 against 0.038-0.061). The
+before, 2 attack + 2 meta now. Results of runlocal (3 re-runs; 2026-12-01, with
+the vocabulary made deterministic): the pretrained encoder is not more attackable than a
+random initialisation at any n (gender accuracy 0.528/0.560/0.640/0.712 against random's
+0.552/0.573/0.650/0.775 at n = 20/50/100/200, intervals ±0.05-0.24), so on this data and
+attacker blocking cannot be shown; the report says so instead of a verdict. MLAC's
+profession accuracy (0.088-0.116 on the test split) stays below desired-only's (0.202), AC's
+in between (0.174); the simulated adversaries' harmful CE stayed near ln 2 = 0.693
+throughout meta-training. It is not a feature collapse (measured on the test texts from an
+earlier run's checkpoints): the features' mean per-dimension spread is 0.062-0.085 for the
+MLAC models against the pretrained encoder's 0.081, while desired-only doubles it to 0.148
+and its profession logits spread twice as wide (sd 0.123 against 0.038-0.061). The
 harmful term slows the desired task rather than destroying it; both are far from trained
 at 60 steps (desired-only's outer-batch CE 3.18 against ln 28 = 3.33). Whether the gap
 closes with more outer steps (the paper: 50,000) was not measured; no setting was tuned.
