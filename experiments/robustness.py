@@ -42,7 +42,7 @@ from absl import logging
 
 from experiments import classifier
 from experiments import robustness_report as report
-from lib import contract, validate
+from lib import contract, run_config, validate
 from lib.attacks import apgd, bpda, checks, ensemble, evaluate, pgd, square
 from lib.report import markdown
 
@@ -90,13 +90,7 @@ def radii(c: ml_collections.ConfigDict, norm: str) -> list[float]:
 
 def attack_names(c: ml_collections.ConfigDict) -> list[str]:
   """The attacks `c.attacks` names, in its order."""
-  names = [n for n in str(c.attacks).split(',') if n]
-  if not names:
-    raise ValueError(f'config.attacks must name at least one of {list(ATTACKS)}; got '
-                     f'{c.attacks!r}.')
-  for n in names:
-    validate.check_choice(n, ATTACKS, 'config.attacks')
-  return names
+  return run_config.names(c.attacks, ATTACKS, 'config.attacks')
 
 
 def validate_config(c: ml_collections.ConfigDict) -> None:

@@ -206,12 +206,7 @@ def parse_numbers(value: Any, name: str, kind: type = int) -> list:
 def model_names(c: ml_collections.ConfigDict) -> list[str]:
   """The models of the study, in table order: 'random', 'pretrained', 'desired', 'ac',
   'mlac_k<K>' (main K first, then the sweep), 'mlac_k<K>_a<A>'."""
-  kinds = [k for k in str(c.models).split(',') if k]
-  if not kinds:
-    raise ValueError(f'config.models must name at least one of {list(MODEL_KINDS)}; got '
-                     f'{c.models!r}.')
-  for kind in kinds:
-    validate.check_choice(kind, MODEL_KINDS, 'config.models')
+  kinds = run_config.names(c.models, MODEL_KINDS, 'config.models')
   names = []
   for kind in MODEL_KINDS:
     if kind not in kinds:

@@ -33,6 +33,7 @@ from typing import Any
 import jax
 from jax.experimental import multihost_utils
 
+from lib import validate
 from lib.report.process import is_writer
 
 RESUMABLE = ('num_steps', 'log_every', 'eval_every', 'checkpoint_every')
@@ -53,6 +54,21 @@ def variants(arg: str, allowed: Iterable[str]) -> frozenset[str]:
   if unknown:
     raise ValueError(f'unknown config variants {sorted(unknown)}; expected any of '
                      f'{list(allowed)}.')
+  return named
+
+
+def names(value: Any, choices: Iterable[str], name: str) -> list[str]:
+  """The comma-separated names of config field `name` (value `value`), in their order.
+
+  Raises:
+    ValueError: no name is given, or one is not in `choices`.
+  """
+  choices = list(choices)
+  named = [n for n in str(value).split(',') if n]
+  if not named:
+    raise ValueError(f'{name} must name at least one of {choices}; got {value!r}.')
+  for n in named:
+    validate.check_choice(n, choices, name)
   return named
 
 
